@@ -1,0 +1,251 @@
+package bitswap
+
+import (
+	"context"
+	"sync"
+
+	bsmsg "github.com/ipfs/boxo/bitswap/message"
+	pb "github.com/ipfs/boxo/bitswap/message/pb"
+	bsnet "github.com/ipfs/boxo/bitswap/network"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"go.uber.org/zap"
+)
+
+// targetMessageBytes is where an outgoing reply stops taking more blocks.
+// Far enough below the 4 MiB that receivers accept to leave room for one
+// more maximal block, and large enough that a fast transfer is not
+// dominated by per-message overhead.
+const targetMessageBytes = 1 << 20
+
+// replyOutbox queues replies (blocks and presences) for one upstream peer
+// and sends them from its own goroutine, so a slow peer never stalls the
+// downstream read loop that produced them. Whatever piles up while one
+// message is on the wire goes out together in the next.
+type replyOutbox struct {
+	to   peer.ID
+	net  bsnet.BitSwapNetwork
+	log  *zap.Logger
+	sent func(blocks, bytes int)
+
+	mu       sync.Mutex
+	blocks   []blocks.Block
+	presence map[cid.Cid]pb.Message_BlockPresenceType
+	running  bool
+	closed   bool
+}
+
+func newReplyOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger, sent func(int, int)) *replyOutbox {
+	return &replyOutbox{to: to, net: net, log: log, sent: sent, presence: make(map[cid.Cid]pb.Message_BlockPresenceType)}
+}
+
+func (o *replyOutbox) addBlock(ctx context.Context, b blocks.Block) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return
+	}
+	delete(o.presence, b.Cid())
+	o.blocks = append(o.blocks, b)
+	o.kickLocked(ctx)
+}
+
+func (o *replyOutbox) addPresence(ctx context.Context, c cid.Cid, t pb.Message_BlockPresenceType) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return
+	}
+	o.presence[c] = t
+	o.kickLocked(ctx)
+}
+
+// close drops whatever is queued: the peer is gone.
+func (o *replyOutbox) close() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closed = true
+	o.blocks = nil
+	clear(o.presence)
+}
+
+func (o *replyOutbox) kickLocked(ctx context.Context) {
+	if o.running {
+		return
+	}
+	o.running = true
+	go o.run(ctx)
+}
+
+func (o *replyOutbox) run(ctx context.Context) {
+	for {
+		o.mu.Lock()
+		if o.closed || ctx.Err() != nil || (len(o.blocks) == 0 && len(o.presence) == 0) {
+			o.running = false
+			o.mu.Unlock()
+			return
+		}
+		msg := bsmsg.New(false)
+		size, n := 0, 0
+		for n < len(o.blocks) && (n == 0 || size+len(o.blocks[n].RawData()) <= targetMessageBytes) {
+			msg.AddBlock(o.blocks[n])
+			size += len(o.blocks[n].RawData())
+			n++
+		}
+		clear(o.blocks[:n])
+		o.blocks = o.blocks[n:]
+		if len(o.blocks) == 0 {
+			o.blocks = nil // let the backing array go
+		}
+		for c, t := range o.presence {
+			msg.AddBlockPresence(c, t)
+		}
+		clear(o.presence)
+		o.mu.Unlock()
+
+		if err := o.net.SendMessage(ctx, o.to, msg); err != nil {
+			// The peer's wants stay in the table until it cancels or
+			// disconnects; a peer that cannot be written to disconnects.
+			o.log.Debug("reply to upstream failed", zap.Stringer("peer", o.to), zap.Error(err))
+			continue
+		}
+		if o.sent != nil {
+			o.sent(n, size)
+		}
+	}
+}
+
+// wantOp is the latest instruction for one CID towards one node.
+type wantOp struct {
+	cancel   bool
+	wantType pb.Message_Wantlist_WantType
+	priority int32
+}
+
+// wantOutbox batches wantlist changes for one downstream node over a
+// long-lived stream, the way boxo's client message queue does. Only the
+// newest operation per CID is kept: a want followed by its cancel before
+// the batch leaves becomes just the cancel.
+type wantOutbox struct {
+	to  peer.ID
+	net bsnet.BitSwapNetwork
+	log *zap.Logger
+
+	mu      sync.Mutex
+	ops     map[cid.Cid]wantOp
+	dont    []cid.Cid // DONT_HAVE replies to the node's own wants
+	running bool
+	sender  bsnet.MessageSender
+}
+
+func newWantOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger) *wantOutbox {
+	return &wantOutbox{to: to, net: net, log: log, ops: make(map[cid.Cid]wantOp)}
+}
+
+func (o *wantOutbox) want(ctx context.Context, c cid.Cid, t pb.Message_Wantlist_WantType, prio int32) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ops[c] = wantOp{wantType: t, priority: prio}
+	o.kickLocked(ctx)
+}
+
+func (o *wantOutbox) cancel(ctx context.Context, c cid.Cid) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ops[c] = wantOp{cancel: true}
+	o.kickLocked(ctx)
+}
+
+func (o *wantOutbox) dontHave(ctx context.Context, cs []cid.Cid) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.dont = append(o.dont, cs...)
+	o.kickLocked(ctx)
+}
+
+// reset forgets queued operations: the node went away, and its ledger of
+// our wants went with the connection.
+func (o *wantOutbox) reset() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	clear(o.ops)
+	o.dont = nil
+	if o.sender != nil {
+		_ = o.sender.Reset()
+		o.sender = nil
+	}
+}
+
+func (o *wantOutbox) kickLocked(ctx context.Context) {
+	if o.running {
+		return
+	}
+	o.running = true
+	go o.run(ctx)
+}
+
+// maxEntriesPerMessage keeps wantlist messages well under the receiver's
+// message size limit even with long CIDs.
+const maxEntriesPerMessage = 4096
+
+func (o *wantOutbox) run(ctx context.Context) {
+	for {
+		o.mu.Lock()
+		if ctx.Err() != nil || (len(o.ops) == 0 && len(o.dont) == 0) {
+			o.running = false
+			o.mu.Unlock()
+			return
+		}
+		msg := bsmsg.New(false)
+		n := 0
+		for c, op := range o.ops {
+			if n == maxEntriesPerMessage {
+				break
+			}
+			if op.cancel {
+				msg.Cancel(c)
+			} else {
+				// Always ask for DONT_HAVE: it is what lets Kitsune move a
+				// want to the next node instead of waiting out a timeout.
+				msg.AddEntry(c, op.priority, op.wantType, true)
+			}
+			delete(o.ops, c)
+			n++
+		}
+		for _, c := range o.dont {
+			msg.AddDontHave(c)
+		}
+		o.dont = nil
+		sender := o.sender
+		o.mu.Unlock()
+
+		err := o.send(ctx, sender, msg)
+		if err != nil {
+			o.log.Debug("send to downstream failed", zap.Stringer("node", o.to), zap.Error(err))
+		}
+	}
+}
+
+func (o *wantOutbox) send(ctx context.Context, sender bsnet.MessageSender, msg bsmsg.BitSwapMessage) error {
+	if sender == nil {
+		s, err := o.net.NewMessageSender(ctx, o.to, &bsnet.MessageSenderOpts{MaxRetries: 3})
+		if err != nil {
+			return err
+		}
+		o.mu.Lock()
+		o.sender = s
+		o.mu.Unlock()
+		sender = s
+	}
+	if err := sender.SendMsg(ctx, msg); err != nil {
+		o.mu.Lock()
+		if o.sender == sender {
+			o.sender = nil
+		}
+		o.mu.Unlock()
+		_ = sender.Reset()
+		return err
+	}
+	return nil
+}

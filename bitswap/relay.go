@@ -1,0 +1,645 @@
+// Package bitswap is Kitsune's message-level Bitswap relay. Upstream peers
+// send wants to the front host; the relay forwards each wanted CID once to
+// one downstream node through the back host, moves it to another node on
+// DONT_HAVE or when a node leaves, and fans the answer out to every
+// upstream peer waiting for that CID.
+package bitswap
+
+import (
+	"container/list"
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bsmsg "github.com/ipfs/boxo/bitswap/message"
+	pb "github.com/ipfs/boxo/bitswap/message/pb"
+	bsnet "github.com/ipfs/boxo/bitswap/network"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"go.uber.org/zap"
+)
+
+// Downstream is what the relay needs from the fleet.
+type Downstream interface {
+	// Pick returns a usable node for c that skip does not exclude.
+	Pick(c cid.Cid, skip func(peer.ID) bool) (peer.ID, bool)
+	// IsNode reports whether a peer on the back host is a fleet node.
+	IsNode(peer.ID) bool
+}
+
+// Config holds the relay's limits.
+type Config struct {
+	// MaxWantsPerPeer caps one upstream peer's wantlist; entries past it are
+	// ignored. Kubo's server allows 1024 per peer.
+	MaxWantsPerPeer int
+	// MaxInFlightPerNode caps the wants outstanding on one downstream node.
+	// Kubo queues at most 1024 wants per peer and Kitsune is one peer to it,
+	// so the default stays below that; excess wants wait in Kitsune.
+	MaxInFlightPerNode int
+	// MaxMessageSize drops upstream messages larger than this. The stream
+	// reader already refuses anything over 4 MiB.
+	MaxMessageSize int
+	// MaxHaveBlockSize is the largest block sent in reply to a want-have,
+	// instead of a HAVE; Kubo uses 1024 bytes.
+	MaxHaveBlockSize int
+}
+
+// Defaults for Config.
+const (
+	DefaultMaxWantsPerPeer    = 1024
+	DefaultMaxInFlightPerNode = 960
+	DefaultMaxMessageSize     = 4 << 20
+	DefaultMaxHaveBlockSize   = 1024
+)
+
+func (c *Config) fill() {
+	if c.MaxWantsPerPeer <= 0 {
+		c.MaxWantsPerPeer = DefaultMaxWantsPerPeer
+	}
+	if c.MaxInFlightPerNode <= 0 {
+		c.MaxInFlightPerNode = DefaultMaxInFlightPerNode
+	}
+	if c.MaxMessageSize <= 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MaxHaveBlockSize < 0 {
+		c.MaxHaveBlockSize = 0
+	} else if c.MaxHaveBlockSize == 0 {
+		c.MaxHaveBlockSize = DefaultMaxHaveBlockSize
+	}
+}
+
+// wanter is one upstream peer's interest in a CID.
+type wanter struct {
+	wantType     pb.Message_Wantlist_WantType
+	sendDontHave bool
+	priority     int32
+}
+
+// want is one CID that at least one upstream peer wants.
+type want struct {
+	c       cid.Cid
+	wanters map[peer.ID]wanter
+	// node is the downstream node the want is outstanding on, if any, and
+	// sentType what it was asked for there.
+	node     peer.ID
+	sentType pb.Message_Wantlist_WantType
+	sentAt   time.Time
+	// tried holds the nodes that answered DONT_HAVE in this round.
+	tried map[peer.ID]struct{}
+	// queued is set while the want waits for a node with room.
+	queued *list.Element
+	// exhausted is set once every node said DONT_HAVE; the want stays for
+	// its wanters (as a Kubo server keeps it in its ledger) and is tried
+	// again when one of them asks again or a node joins.
+	exhausted bool
+}
+
+func (w *want) needsBlock() bool {
+	for _, wr := range w.wanters {
+		if wr.wantType == pb.Message_Wantlist_Block {
+			return true
+		}
+	}
+	return false
+}
+
+func (w *want) priority() int32 {
+	var p int32
+	first := true
+	for _, wr := range w.wanters {
+		if first || wr.priority > p {
+			p, first = wr.priority, false
+		}
+	}
+	return p
+}
+
+type upstream struct {
+	wants map[cid.Cid]struct{}
+	out   *replyOutbox
+}
+
+type node struct {
+	outstanding int
+	up          bool
+	out         *wantOutbox
+}
+
+// Relay forwards Bitswap between the front and back networks.
+type Relay struct {
+	cfg   Config
+	log   *zap.Logger
+	front bsnet.BitSwapNetwork
+	back  bsnet.BitSwapNetwork
+	down  Downstream
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu    sync.Mutex
+	wants map[cid.Cid]*want
+	peers map[peer.ID]*upstream
+	nodes map[peer.ID]*node
+	queue *list.List // of *want waiting for a node with room
+	hints hintCache  // which node last said HAVE for a CID
+
+	counters Counters
+}
+
+// Counters are cumulative totals, read with Counters().
+type Counters struct {
+	WantsReceived   atomic.Uint64 // want entries from upstream
+	WantsForwarded  atomic.Uint64 // want entries sent downstream
+	BlocksIn        atomic.Uint64 // blocks received from downstream
+	BlocksOut       atomic.Uint64 // blocks sent upstream
+	BytesOut        atomic.Uint64 // block bytes sent upstream
+	HavesOut        atomic.Uint64
+	DontHavesOut    atomic.Uint64
+	Failovers       atomic.Uint64 // wants moved to another node
+	Unsolicited     atomic.Uint64 // blocks from downstream nobody wanted
+	DroppedMessages atomic.Uint64 // upstream messages over the size limit
+	DroppedWants    atomic.Uint64 // want entries over a peer's limit
+}
+
+// New builds a relay; Start attaches it to the networks.
+func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap.Logger) *Relay {
+	cfg.fill()
+	return &Relay{
+		cfg:   cfg,
+		log:   log,
+		front: front,
+		back:  back,
+		down:  down,
+		wants: make(map[cid.Cid]*want),
+		peers: make(map[peer.ID]*upstream),
+		nodes: make(map[peer.ID]*node),
+		queue: list.New(),
+		hints: newHintCache(4096),
+	}
+}
+
+// Start begins receiving on both networks. Each network must be started by
+// the relay alone: bsnet allows one set of stream handlers per host.
+func (r *Relay) Start(ctx context.Context) {
+	r.ctx, r.cancel = context.WithCancel(ctx)
+	r.back.Start(backReceiver{r})
+	r.front.Start(frontReceiver{r})
+}
+
+// Close cancels every want still outstanding downstream, so the fleet's
+// ledgers do not keep Kitsune's wants after it is gone, then stops both
+// networks.
+func (r *Relay) Close(ctx context.Context) error {
+	r.front.Stop()
+	r.mu.Lock()
+	byNode := make(map[peer.ID][]cid.Cid)
+	for c, w := range r.wants {
+		if w.node != "" {
+			byNode[w.node] = append(byNode[w.node], c)
+		}
+	}
+	r.wants = make(map[cid.Cid]*want)
+	r.queue.Init()
+	for p, u := range r.peers {
+		u.out.close()
+		delete(r.peers, p)
+	}
+	r.mu.Unlock()
+
+	var errs []error
+	for n, cs := range byNode {
+		msg := bsmsg.New(false)
+		for _, c := range cs {
+			msg.Cancel(c)
+		}
+		if err := r.back.SendMessage(ctx, n, msg); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if r.cancel != nil {
+		r.cancel()
+	}
+	r.back.Stop()
+	return errors.Join(errs...)
+}
+
+// Stats is a snapshot of the relay's tables, for tests and status.
+type Stats struct {
+	Wants       int
+	Peers       int
+	Queued      int
+	Outstanding map[peer.ID]int
+}
+
+// Stats returns the current table sizes.
+func (r *Relay) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := Stats{Wants: len(r.wants), Peers: len(r.peers), Queued: r.queue.Len(), Outstanding: make(map[peer.ID]int)}
+	for id, n := range r.nodes {
+		s.Outstanding[id] = n.outstanding
+	}
+	return s
+}
+
+// Counters returns the relay's cumulative counters.
+func (r *Relay) Counters() *Counters { return &r.counters }
+
+// ---- upstream side ----
+
+type frontReceiver struct{ r *Relay }
+
+func (f frontReceiver) ReceiveMessage(ctx context.Context, p peer.ID, msg bsmsg.BitSwapMessage) {
+	f.r.fromUpstream(p, msg)
+}
+func (f frontReceiver) ReceiveError(error)         {}
+func (f frontReceiver) PeerConnected(peer.ID)      {}
+func (f frontReceiver) PeerDisconnected(p peer.ID) { f.r.upstreamGone(p) }
+
+func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
+	if size := msg.Size(); size > r.cfg.MaxMessageSize {
+		r.counters.DroppedMessages.Add(1)
+		r.log.Debug("dropping oversized message", zap.Stringer("peer", p), zap.Int("size", size))
+		return
+	}
+	entries := msg.Wantlist()
+	if len(entries) == 0 && !msg.Full() {
+		// Blocks and presences from upstream are not for us: Kitsune
+		// relays one way.
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := r.peers[p]
+	if u == nil {
+		u = &upstream{wants: make(map[cid.Cid]struct{}), out: newReplyOutbox(p, r.front, r.log, r.countSent)}
+		r.peers[p] = u
+	}
+	if msg.Full() {
+		// A full wantlist replaces the previous one.
+		keep := make(map[cid.Cid]struct{}, len(entries))
+		for _, e := range entries {
+			if !e.Cancel {
+				keep[e.Cid] = struct{}{}
+			}
+		}
+		for c := range u.wants {
+			if _, ok := keep[c]; !ok {
+				r.removeWanterLocked(p, u, c)
+			}
+		}
+	}
+	for _, e := range entries {
+		if e.Cancel {
+			r.removeWanterLocked(p, u, e.Cid)
+			continue
+		}
+		r.counters.WantsReceived.Add(1)
+		r.addWanterLocked(p, u, e)
+	}
+}
+
+func (r *Relay) countSent(blocks, bytes int) {
+	r.counters.BlocksOut.Add(uint64(blocks))
+	r.counters.BytesOut.Add(uint64(bytes))
+}
+
+func (r *Relay) addWanterLocked(p peer.ID, u *upstream, e bsmsg.Entry) {
+	if _, had := u.wants[e.Cid]; !had && len(u.wants) >= r.cfg.MaxWantsPerPeer {
+		r.counters.DroppedWants.Add(1)
+		return
+	}
+	u.wants[e.Cid] = struct{}{}
+	wr := wanter{wantType: e.WantType, sendDontHave: e.SendDontHave, priority: e.Priority}
+
+	w := r.wants[e.Cid]
+	if w == nil {
+		w = &want{c: e.Cid, wanters: map[peer.ID]wanter{p: wr}, tried: make(map[peer.ID]struct{})}
+		r.wants[e.Cid] = w
+		r.dispatchLocked(w)
+		return
+	}
+	if prev, ok := w.wanters[p]; ok && prev.wantType == pb.Message_Wantlist_Block {
+		// A want-have does not take back a want-block still open.
+		wr.wantType = prev.wantType
+	}
+	w.wanters[p] = wr
+	switch {
+	case w.exhausted:
+		// Asked again after every node said DONT_HAVE: the content may have
+		// arrived since, so start a new round.
+		w.exhausted = false
+		clear(w.tried)
+		r.dispatchLocked(w)
+	case w.node != "" && w.sentType == pb.Message_Wantlist_Have && wr.wantType == pb.Message_Wantlist_Block:
+		// Upgrade on the node that has the want already.
+		w.sentType = pb.Message_Wantlist_Block
+		r.nodeLocked(w.node).out.want(r.ctx, w.c, w.sentType, w.priority())
+		r.counters.WantsForwarded.Add(1)
+	}
+}
+
+func (r *Relay) removeWanterLocked(p peer.ID, u *upstream, c cid.Cid) {
+	delete(u.wants, c)
+	w := r.wants[c]
+	if w == nil {
+		return
+	}
+	delete(w.wanters, p)
+	if len(w.wanters) == 0 {
+		r.dropWantLocked(w)
+	}
+}
+
+// dropWantLocked forgets a want nobody waits for any more, cancelling it on
+// the node that has it.
+func (r *Relay) dropWantLocked(w *want) {
+	delete(r.wants, w.c)
+	if w.queued != nil {
+		r.queue.Remove(w.queued)
+		w.queued = nil
+	}
+	if w.node != "" {
+		n := r.nodeLocked(w.node)
+		n.outstanding--
+		n.out.cancel(r.ctx, w.c)
+		w.node = ""
+		r.drainQueueLocked()
+	}
+}
+
+func (r *Relay) upstreamGone(p peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := r.peers[p]
+	if u == nil {
+		return
+	}
+	delete(r.peers, p)
+	u.out.close()
+	for c := range u.wants {
+		r.removeWanterLocked(p, u, c)
+	}
+}
+
+// ---- choosing a node ----
+
+func (r *Relay) nodeLocked(id peer.ID) *node {
+	n := r.nodes[id]
+	if n == nil {
+		n = &node{out: newWantOutbox(id, r.back, r.log)}
+		r.nodes[id] = n
+	}
+	return n
+}
+
+func (r *Relay) fullLocked(id peer.ID) bool {
+	n := r.nodes[id]
+	return n != nil && n.outstanding >= r.cfg.MaxInFlightPerNode
+}
+
+// dispatchLocked sends w to a node that has not said DONT_HAVE to it, queues
+// it when every such node is at its cap, and answers DONT_HAVE when there is
+// no such node at all.
+func (r *Relay) dispatchLocked(w *want) {
+	tried := func(id peer.ID) bool { _, t := w.tried[id]; return t }
+	var pick peer.ID
+	if h, ok := r.hints.get(w.c); ok && !tried(h) && !r.fullLocked(h) && r.usableLocked(h) {
+		// The node that said HAVE is the one to ask for the block.
+		pick = h
+	} else if id, ok := r.down.Pick(w.c, func(id peer.ID) bool { return tried(id) || r.fullLocked(id) }); ok {
+		pick = id
+	} else if _, ok := r.down.Pick(w.c, tried); ok {
+		if w.queued == nil {
+			w.queued = r.queue.PushBack(w)
+		}
+		return
+	} else {
+		r.exhaustLocked(w)
+		return
+	}
+	w.node = pick
+	w.sentAt = time.Now()
+	w.sentType = pb.Message_Wantlist_Have
+	if w.needsBlock() {
+		w.sentType = pb.Message_Wantlist_Block
+	}
+	n := r.nodeLocked(pick)
+	n.outstanding++
+	n.out.want(r.ctx, w.c, w.sentType, w.priority())
+	r.counters.WantsForwarded.Add(1)
+}
+
+func (r *Relay) usableLocked(id peer.ID) bool {
+	n := r.nodes[id]
+	return n != nil && n.up
+}
+
+// exhaustLocked tells the wanters that asked for it that nobody has w.
+// The DONT_HAVE goes out once per round: Helia drops a peer as a provider
+// on its first DONT_HAVE, so it must mean "no node has it".
+func (r *Relay) exhaustLocked(w *want) {
+	w.exhausted = true
+	w.node = ""
+	for p, wr := range w.wanters {
+		if !wr.sendDontHave {
+			continue
+		}
+		if u := r.peers[p]; u != nil {
+			u.out.addPresence(r.ctx, w.c, pb.Message_DontHave)
+			r.counters.DontHavesOut.Add(1)
+		}
+	}
+}
+
+// drainQueueLocked moves queued wants to nodes that have room again.
+func (r *Relay) drainQueueLocked() {
+	for e := r.queue.Front(); e != nil; e = r.queue.Front() {
+		w := e.Value.(*want)
+		r.queue.Remove(e)
+		w.queued = nil
+		r.dispatchLocked(w)
+		if w.queued != nil {
+			// Still no room anywhere: the rest would queue again too.
+			return
+		}
+	}
+}
+
+// ---- downstream side ----
+
+type backReceiver struct{ r *Relay }
+
+func (b backReceiver) ReceiveMessage(ctx context.Context, p peer.ID, msg bsmsg.BitSwapMessage) {
+	b.r.fromDownstream(p, msg)
+}
+func (b backReceiver) ReceiveError(error)    {}
+func (b backReceiver) PeerConnected(peer.ID) {}
+func (b backReceiver) PeerDisconnected(peer.ID) {
+	// The pool tells the relay through NodeDown once it has given up on
+	// the connection; nothing to do twice.
+}
+
+func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
+	if !r.down.IsNode(from) {
+		return
+	}
+	// A Kubo node asks every connected peer for what it fetches, Kitsune's
+	// back host included. Kitsune serves nothing downstream, so say so at
+	// once rather than let the node wait for a timeout.
+	var dont []cid.Cid
+	for _, e := range msg.Wantlist() {
+		if !e.Cancel && e.SendDontHave {
+			dont = append(dont, e.Cid)
+		}
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(dont) > 0 {
+		r.nodeLocked(from).out.dontHave(r.ctx, dont)
+	}
+	for _, b := range msg.Blocks() {
+		r.counters.BlocksIn.Add(1)
+		// bsmsg computed b's CID by hashing its bytes with the prefix the
+		// node sent, so a block matches a want only if its bytes do.
+		w := r.wants[b.Cid()]
+		if w == nil {
+			r.counters.Unsolicited.Add(1)
+			continue
+		}
+		r.deliverBlockLocked(w, b, from)
+	}
+	for _, c := range msg.Haves() {
+		w := r.wants[c]
+		if w == nil || w.node != from {
+			continue
+		}
+		r.hints.put(c, from)
+		r.deliverHaveLocked(w, from)
+	}
+	for _, c := range msg.DontHaves() {
+		w := r.wants[c]
+		if w == nil || w.node != from {
+			continue
+		}
+		n := r.nodeLocked(from)
+		n.outstanding--
+		// Kubo keeps a want it answered DONT_HAVE to; cancel it so it does
+		// not take one of the node's queue slots for nothing.
+		n.out.cancel(r.ctx, c)
+		w.tried[from] = struct{}{}
+		w.node = ""
+		r.counters.Failovers.Add(1)
+		r.dispatchLocked(w)
+		r.drainQueueLocked()
+	}
+}
+
+func (r *Relay) deliverBlockLocked(w *want, b blocks.Block, from peer.ID) {
+	small := len(b.RawData()) <= r.cfg.MaxHaveBlockSize
+	for p, wr := range w.wanters {
+		u := r.peers[p]
+		if u == nil {
+			continue
+		}
+		if wr.wantType == pb.Message_Wantlist_Block || small {
+			u.out.addBlock(r.ctx, b)
+		} else {
+			u.out.addPresence(r.ctx, w.c, pb.Message_Have)
+			r.counters.HavesOut.Add(1)
+		}
+		delete(u.wants, w.c)
+	}
+	delete(r.wants, w.c)
+	if w.queued != nil {
+		r.queue.Remove(w.queued)
+		w.queued = nil
+	}
+	if w.node != "" {
+		n := r.nodeLocked(w.node)
+		n.outstanding--
+		if w.node != from {
+			n.out.cancel(r.ctx, w.c)
+		}
+		w.node = ""
+	}
+	r.drainQueueLocked()
+}
+
+// deliverHaveLocked answers the want-have wanters. Want-block wanters stay:
+// their block is on its way from the same node, or is asked for next.
+func (r *Relay) deliverHaveLocked(w *want, from peer.ID) {
+	for p, wr := range w.wanters {
+		if wr.wantType != pb.Message_Wantlist_Have {
+			continue
+		}
+		if u := r.peers[p]; u != nil {
+			u.out.addPresence(r.ctx, w.c, pb.Message_Have)
+			r.counters.HavesOut.Add(1)
+			delete(u.wants, w.c)
+		}
+		delete(w.wanters, p)
+	}
+	if len(w.wanters) > 0 {
+		if w.sentType == pb.Message_Wantlist_Have {
+			w.sentType = pb.Message_Wantlist_Block
+			r.nodeLocked(from).out.want(r.ctx, w.c, w.sentType, w.priority())
+			r.counters.WantsForwarded.Add(1)
+		}
+		return
+	}
+	// Kubo drops a want-have from its ledger once answered; the cancel
+	// makes sure, at the cost of a few bytes.
+	n := r.nodeLocked(from)
+	n.outstanding--
+	n.out.cancel(r.ctx, w.c)
+	w.node = ""
+	delete(r.wants, w.c)
+	r.drainQueueLocked()
+}
+
+// NodeUp implements downstream.Listener: a node joined or came back.
+func (r *Relay) NodeUp(id peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.nodeLocked(id)
+	n.up = true
+	n.outstanding = 0
+	n.out.reset()
+	// Wants nobody had may be on the new node.
+	for _, w := range r.wants {
+		if w.exhausted {
+			w.exhausted = false
+			clear(w.tried)
+			r.dispatchLocked(w)
+		}
+	}
+	r.drainQueueLocked()
+}
+
+// NodeDown implements downstream.Listener: the node's wants move elsewhere
+// at once, since its ledger went with the connection.
+func (r *Relay) NodeDown(id peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.nodeLocked(id)
+	n.up = false
+	n.outstanding = 0
+	n.out.reset()
+	for _, w := range r.wants {
+		if w.node == id {
+			w.node = ""
+			r.counters.Failovers.Add(1)
+			r.dispatchLocked(w)
+		}
+	}
+	// A node that left for good should not keep an entry; one that comes
+	// back gets a fresh one.
+	delete(r.nodes, id)
+	r.hints.forget(id)
+}

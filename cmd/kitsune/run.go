@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ipfs/boxo/bitswap/network/bsnet"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"go.uber.org/zap"
+
+	"github.com/kitsune-lb/kitsune/bitswap"
+	"github.com/kitsune-lb/kitsune/downstream"
+	"github.com/kitsune-lb/kitsune/proxy"
+)
+
+// config is the validated form of the command line.
+type config struct {
+	Downstream []string
+	Listen     []ma.Multiaddr
+	KeyFile    string
+	Relay      bitswap.Config
+}
+
+func (c *cli) config() (config, error) {
+	cfg := config{
+		KeyFile: c.Key,
+		Relay: bitswap.Config{
+			MaxWantsPerPeer:    c.MaxWantsPerPeer,
+			MaxInFlightPerNode: c.MaxInflightPerNode,
+			MaxMessageSize:     c.MaxMessageSize,
+		},
+	}
+	for _, d := range c.Downstream {
+		if d = strings.TrimSpace(d); d != "" {
+			if _, err := downstream.APIURL(d); err != nil {
+				return config{}, err
+			}
+			cfg.Downstream = append(cfg.Downstream, d)
+		}
+	}
+	if len(cfg.Downstream) == 0 {
+		return config{}, errors.New("-d: give at least one downstream Kubo RPC address")
+	}
+	for _, l := range c.Listen {
+		a, err := parseListen(l, false)
+		if err != nil {
+			return config{}, fmt.Errorf("-l %q: %w", l, err)
+		}
+		if a != nil {
+			cfg.Listen = append(cfg.Listen, a)
+		}
+	}
+	for _, w := range c.WS {
+		a, err := parseListen(w, true)
+		if err != nil {
+			return config{}, fmt.Errorf("-w %q: %w", w, err)
+		}
+		if a != nil {
+			cfg.Listen = append(cfg.Listen, a)
+		}
+	}
+	if len(cfg.Listen) == 0 {
+		return config{}, errors.New("no listen address: give -l or -w")
+	}
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{"--max-wants-per-peer", c.MaxWantsPerPeer}, {"--max-inflight-per-node", c.MaxInflightPerNode}, {"--max-message-size", c.MaxMessageSize}} {
+		if v.n <= 0 {
+			return config{}, fmt.Errorf("%s must be positive, got %d", v.name, v.n)
+		}
+	}
+	return cfg, nil
+}
+
+// parseListen reads one listen multiaddr. The original Kitsune took -w
+// without the trailing /ws, so it is added when missing.
+func parseListen(s string, ws bool) (ma.Multiaddr, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	a, err := ma.NewMultiaddr(s)
+	if err != nil {
+		return nil, err
+	}
+	if ws {
+		if _, err := a.ValueForProtocol(ma.P_WS); err != nil {
+			if _, err := a.ValueForProtocol(ma.P_WSS); err != nil {
+				a = a.Encapsulate(ma.StringCast("/ws"))
+			}
+		}
+	}
+	return a, nil
+}
+
+// kitsune is a running instance: what tests reach into.
+type kitsune struct {
+	front, back host.Host
+	pool        *downstream.Pool
+	relay       *bitswap.Relay
+	stop        func()
+	done        chan struct{}
+}
+
+// start builds and starts every part. The caller stops it with stop() and
+// waits on done.
+func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*kitsune, error) {
+	frontKey, created, err := proxy.LoadOrCreateKey(cfg.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		log.Info("created key file", zap.String("path", cfg.KeyFile))
+	}
+	backKey, _, err := proxy.LoadOrCreateKey(proxy.BackKeyPath(cfg.KeyFile))
+	if err != nil {
+		return nil, err
+	}
+	front, err := proxy.NewFront(proxy.FrontConfig{Key: frontKey, ListenAddrs: cfg.Listen})
+	if err != nil {
+		return nil, err
+	}
+	back, err := proxy.NewBack(backKey)
+	if err != nil {
+		front.Close()
+		return nil, err
+	}
+	pool, err := downstream.New(back, cfg.Downstream, log.Named("downstream"), downstream.Options{})
+	if err != nil {
+		front.Close()
+		back.Close()
+		return nil, err
+	}
+	relay := bitswap.New(cfg.Relay, bsnet.NewFromIpfsHost(front), bsnet.NewFromIpfsHost(back), pool, log.Named("relay"))
+	pool.SetListener(relay)
+
+	runCtx, cancel := context.WithCancel(ctx)
+	relay.Start(runCtx)
+	k := &kitsune{front: front, back: back, pool: pool, relay: relay, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pool.Run(runCtx)
+	}()
+
+	fmt.Fprintf(out, "Kitsune peer ID %s\n", front.ID())
+	fmt.Fprintf(out, "Back host peer ID %s (add it to the Kubo nodes' Peering.Peers and Swarm.ResourceMgr.Allowlist)\n", back.ID())
+	fmt.Fprintln(out, "Listening on:")
+	for _, a := range proxy.DialableAddrs(front) {
+		fmt.Fprintf(out, "  %s\n", a)
+	}
+
+	var once sync.Once
+	k.stop = func() {
+		once.Do(func() {
+			go func() {
+				defer close(k.done)
+				// Cancel downstream wants while the connections are still up.
+				cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Second)
+				if err := relay.Close(cctx); err != nil {
+					log.Debug("cancelling downstream wants", zap.Error(err))
+				}
+				ccancel()
+				cancel()
+				front.Close()
+				wg.Wait()
+				back.Close()
+			}()
+		})
+	}
+	return k, nil
+}
+
+// run starts Kitsune and blocks until ctx ends.
+func run(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) error {
+	k, err := start(ctx, cfg, out, log)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	k.stop()
+	select {
+	case <-k.done:
+	case <-time.After(5 * time.Second):
+		return errors.New("shutdown took longer than 5s")
+	}
+	return nil
+}
+
+// frontInfo is the front host's address info, for tests.
+func (k *kitsune) frontInfo() peer.AddrInfo {
+	return peer.AddrInfo{ID: k.front.ID(), Addrs: k.front.Addrs()}
+}
