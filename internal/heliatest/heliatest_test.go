@@ -59,6 +59,9 @@ func TestFetchFromKubo(t *testing.T) {
 	if err == nil || res.OK {
 		t.Fatalf("fetch of a missing block: %+v, %v; want an error", res, err)
 	}
+	if !strings.Contains(strings.ToLower(res.Error), "abort") {
+		t.Fatalf("missing block: %q, want Helia's abort on timeout", res.Error)
+	}
 	if res.Wall > 15*time.Second {
 		t.Fatalf("fetch of a missing block took %v despite a 3 s timeout", res.Wall)
 	}

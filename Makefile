@@ -1,0 +1,52 @@
+# Kitsune's two entry points for a newcomer are `make run` and `make test`.
+# Everything they need is built here from the Go module proxy and npm.
+
+GO        ?= go
+CACHE     := $(CURDIR)/.cache
+KUBO_VER  := v0.41.0
+KUBO      := $(CACHE)/bin/ipfs
+KUBO_STAMP := $(CACHE)/kubo-$(KUBO_VER).stamp
+KITSUNE   := $(CURDIR)/bin/kitsune
+HELIA_DIR := testdata/helia
+HELIA_STAMP := $(HELIA_DIR)/node_modules/.package-lock.json
+TEST_FLAGS ?= -timeout 40m
+
+.PHONY: all build kubo helia run test vet fmt-check clean
+
+all: build
+
+build: $(KITSUNE)
+
+$(KITSUNE): $(shell find . -name '*.go' -not -path './tools/*' -not -path './testdata/*') go.mod go.sum
+	$(GO) build -o $@ ./cmd/kitsune
+
+# Kubo is built from the module proxy through tools/kubo, which pins the
+# version: `go install ...@version` does not work against this proxy.
+kubo: $(KUBO_STAMP)
+
+$(KUBO_STAMP): tools/kubo/go.mod tools/kubo/go.sum
+	cd tools/kubo && $(GO) build -o $(KUBO) github.com/ipfs/kubo/cmd/ipfs
+	$(KUBO) version | grep -q "$(patsubst v%,%,$(KUBO_VER))"
+	touch $@
+
+# The Helia test client and the Node 22 it runs on, from npm.
+helia: $(HELIA_STAMP)
+
+$(HELIA_STAMP): $(HELIA_DIR)/package.json $(HELIA_DIR)/package-lock.json
+	npm ci --prefix $(HELIA_DIR) --no-audit --no-fund
+	touch $@
+
+run: build kubo
+	./scripts/devfleet.sh $(KITSUNE) $(KUBO)
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+test: kubo helia fmt-check vet
+	KITSUNE_KUBO_BIN=$(KUBO) $(GO) test $(TEST_FLAGS) ./...
+
+clean:
+	rm -rf $(CACHE) bin $(HELIA_DIR)/node_modules
