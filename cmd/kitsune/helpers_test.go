@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alecthomas/kong"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"go.uber.org/zap/zaptest"
@@ -19,20 +20,19 @@ import (
 
 // startKitsune runs Kitsune in-process in front of nodes, listening on
 // loopback only, and waits until every node has joined.
-func startKitsune(t *testing.T, nodes ...*kubotest.Node) *kitsune {
+func startKitsune(t *testing.T, nodes []*kubotest.Node, opts ...func(*runCmd)) *kitsune {
 	t.Helper()
 	var down []string
 	for _, n := range nodes {
 		down = append(down, n.APIAddr.String())
 	}
-	c := cli{
-		Downstream:         down,
-		Listen:             []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"},
-		WS:                 []string{"/ip4/127.0.0.1/tcp/0"},
-		Key:                filepath.Join(t.TempDir(), "kitsune.key"),
-		MaxWantsPerPeer:    1024,
-		MaxInflightPerNode: 960,
-		MaxMessageSize:     4 << 20,
+	c := defaultRunCmd(t)
+	c.Downstream = down
+	c.Listen = []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
+	c.WS = []string{"/ip4/127.0.0.1/tcp/0"}
+	c.Key = filepath.Join(t.TempDir(), "kitsune.key")
+	for _, o := range opts {
+		o(c)
 	}
 	cfg, err := c.config()
 	if err != nil {
@@ -82,6 +82,21 @@ func (k *kitsune) info(t *testing.T, transport string) peer.AddrInfo {
 		t.Fatal(err)
 	}
 	return *ai
+}
+
+// defaultRunCmd parses an empty command line, so tests start from the same
+// defaults as the binary.
+func defaultRunCmd(t *testing.T) *runCmd {
+	t.Helper()
+	var c cli
+	parser, err := kong.New(&c, kong.Exit(func(int) { t.Fatal("kong tried to exit") }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parser.Parse([]string{"run", "-d", "http://127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	return &c.Run
 }
 
 func randomBytes(t *testing.T, n int) []byte {

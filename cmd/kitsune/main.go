@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -15,47 +16,98 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// cli is the whole command line. Flags keep the original Kitsune's short
-// names (-d, -l, -w, -k) so existing deployments start unchanged; every
-// flag can also come from a KITSUNE_* environment variable.
+// cli is the whole command line: running the proxy is the default
+// command, so the original Kitsune's invocation (kitsune -d ... -k ...)
+// works unchanged.
 type cli struct {
+	Run runCmd `cmd:"" help:"Run Kitsune (the default command)."`
+}
+
+// runCmd holds the flags of the proxy itself, one embedded group per part
+// so each part's flags live beside the code that reads them. Flags keep the
+// original Kitsune's short names (-d, -l, -w, -k); every flag can also come
+// from a KITSUNE_* environment variable.
+type runCmd struct {
 	Downstream []string `short:"d" env:"KITSUNE_DOWNSTREAM" sep:"," required:"" placeholder:"ADDR" help:"Comma-separated RPC API addresses of the downstream Kubo nodes, as multiaddrs (/ip4/10.0.1.42/tcp/5001) or URLs (http://10.0.1.42:5001)."`
 	Listen     []string `short:"l" env:"KITSUNE_LISTEN" sep:"," default:"/ip4/0.0.0.0/tcp/0,/ip4/0.0.0.0/udp/0/quic-v1" placeholder:"MULTIADDR" help:"Comma-separated TCP and QUIC-v1 listen multiaddrs for upstream peers (default: all interfaces, random ports)."`
 	WS         []string `short:"w" env:"KITSUNE_WS" sep:"," default:"/ip4/0.0.0.0/tcp/0/ws" placeholder:"MULTIADDR" help:"Comma-separated WebSocket listen multiaddrs, with or without the trailing /ws (default: all interfaces, random port)."`
 	Key        string   `short:"k" env:"KITSUNE_KEY" default:"kitsune.key" type:"path" help:"Key file holding the front host's identity; created (Ed25519, mode 0600) if missing, never overwritten. The back host's key is kept beside it as <file>.back."`
 
-	MaxWantsPerPeer    int `env:"KITSUNE_MAX_WANTS_PER_PEER" default:"1024" help:"Wantlist entries kept per upstream peer; more are ignored."`
-	MaxInflightPerNode int `env:"KITSUNE_MAX_INFLIGHT_PER_NODE" default:"960" help:"Wants outstanding on one downstream node (Kubo queues at most 1024 per peer); more wait in Kitsune."`
-	MaxMessageSize     int `env:"KITSUNE_MAX_MESSAGE_SIZE" default:"4194304" help:"Largest Bitswap message accepted from an upstream peer, in bytes."`
+	relayFlags `embed:""`
 
 	LogLevel string `env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }
 
+// relayFlags are the Bitswap relay's limits.
+type relayFlags struct {
+	MaxWantsPerPeer    int `env:"KITSUNE_MAX_WANTS_PER_PEER" default:"1024" help:"Wantlist entries kept per upstream peer; more are ignored."`
+	MaxInflightPerNode int `env:"KITSUNE_MAX_INFLIGHT_PER_NODE" default:"960" help:"Wants outstanding on one downstream node (Kubo queues at most 1024 per peer); more wait in Kitsune."`
+	MaxMessageSize     int `env:"KITSUNE_MAX_MESSAGE_SIZE" default:"4194304" help:"Largest Bitswap message accepted from an upstream peer, in bytes."`
+}
+
 func main() {
 	var c cli
-	kong.Parse(&c,
+	parser, err := kong.New(&c,
 		kong.Name("kitsune"),
-		kong.Description("A Bitswap reverse proxy and load balancer: one libp2p identity in front of a fleet of Kubo nodes."),
+		kong.Description("A Bitswap reverse proxy and load balancer: one libp2p identity in front of a fleet of Kubo nodes. Without a command, runs the proxy: kitsune -d ADDR[,ADDR...] [flags]."),
 		kong.UsageOnError(),
+		// Kong exits 80 on a usage error; keep the Unix convention of 2.
+		kong.Exit(func(code int) {
+			if code == 80 {
+				code = 2
+			}
+			os.Exit(code)
+		}),
 	)
-	log, err := newLogger(c.LogLevel)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "kitsune:", err)
-		os.Exit(2)
+		panic(err) // the cli struct itself is malformed: a programming error
 	}
-	defer func() { _ = log.Sync() }()
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	cfg, err := c.config()
-	if err != nil {
+	kctx, err := parser.Parse(withDefaultCommand(os.Args[1:], parser.Model.Children))
+	parser.FatalIfErrorf(err)
+	if err := kctx.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "kitsune:", err)
-		os.Exit(2)
-	}
-	if err := run(ctx, cfg, os.Stdout, log); err != nil {
-		fmt.Fprintln(os.Stderr, "kitsune:", err)
+		var ue usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
+}
+
+// withDefaultCommand puts "run" in front of arguments that name no command,
+// so `kitsune -d ...` and `kitsune --help` behave as `kitsune run ...` and
+// show the proxy's flags, as the original single-command Kitsune did.
+func withDefaultCommand(args []string, cmds []*kong.Node) []string {
+	if len(args) > 0 {
+		for _, c := range cmds {
+			if args[0] == c.Name {
+				return args
+			}
+		}
+	}
+	return append([]string{"run"}, args...)
+}
+
+// usageError marks bad input on the command line (exit status 2) as
+// opposed to a failure while running (exit status 1).
+type usageError struct{ error }
+
+func (u usageError) Unwrap() error { return u.error }
+
+// Run is the default command.
+func (r *runCmd) Run() error {
+	log, err := newLogger(r.LogLevel)
+	if err != nil {
+		return usageError{err}
+	}
+	defer func() { _ = log.Sync() }()
+	cfg, err := r.config()
+	if err != nil {
+		return usageError{err}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return run(ctx, cfg, os.Stdout, log)
 }
 
 func newLogger(level string) (*zap.Logger, error) {

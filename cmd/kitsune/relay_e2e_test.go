@@ -38,7 +38,7 @@ func TestKuboFetchesThroughKitsune(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	k := startKitsune(t, a, b)
+	k := startKitsune(t, []*kubotest.Node{a, b})
 	if err := client.Connect(ctx, k.info(t, "tcp")); err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestHeliaFetchesOverWebSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := startKitsune(t, a, b)
+	k := startKitsune(t, []*kubotest.Node{a, b})
 
 	res, err := heliatest.Fetch(ctx, t, k.addr(t, "ws").String(), fileCID.String(), heliatest.WithTimeout(90*time.Second))
 	if err != nil {
@@ -117,7 +117,7 @@ func TestAbortedFetchCancelsDownstream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := startKitsune(t, a, b)
+	k := startKitsune(t, []*kubotest.Node{a, b})
 	if err := client.Connect(ctx, k.info(t, "tcp")); err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestMissingCIDFailsCleanly(t *testing.T) {
 	client := kubotest.Start(t, kubotest.Options{})
 	ctx := testCtx(t, 3*time.Minute)
 
-	k := startKitsune(t, a, b)
+	k := startKitsune(t, []*kubotest.Node{a, b})
 	if err := client.Connect(ctx, k.info(t, "quic-v1")); err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,7 @@ type config struct {
 	Relay      bitswap.Config
 }
 
-func (c *cli) config() (config, error) {
+func (c *runCmd) config() (config, error) {
 	cfg := config{
 		KeyFile: c.Key,
 		Relay: bitswap.Config{

@@ -33,9 +33,12 @@
 // Routing.Type=none, no relays, no AutoNAT service, no telemetry), applies
 // Options.Config, starts `ipfs daemon` and waits up to 60 s for the RPC API to
 // answer and for "Daemon is ready". Every failure calls t.Fatalf with the tail
-// of the daemon's stderr. t.Cleanup stops the daemon; if the test failed, the
-// cleanup first logs the stderr tail, since the repository (and its log
-// files) is deleted with the temp dir.
+// of the daemon's stderr; a daemon that exits during startup (Kubo rejects
+// bad config with a fatal log) fails at once rather than at the timeout.
+// t.Cleanup stops the daemon. It fails the test if the daemon had exited on
+// its own (a crash is a finding even when every assertion held), and if the
+// test failed it logs the stderr tail, since the repository (log files
+// included) is deleted with the temp dir.
 //
 // The daemon runs in its own process group with a parent-death signal
 // (Linux), so a test binary that panics or is killed does not leave daemons
@@ -62,6 +65,7 @@
 //	func (n *Node) Get(ctx context.Context, c cid.Cid, dir string) error
 //	func (n *Node) ReadDir(ctx context.Context, c cid.Cid) (map[string][]byte, error)
 //	func (n *Node) Connect(ctx context.Context, ai peer.AddrInfo) error
+//	func (n *Node) Disconnect(ctx context.Context, p peer.ID) error
 //	func (n *Node) Wantlist(ctx context.Context, p peer.ID) ([]cid.Cid, error)
 //	func (n *Node) OwnWantlist(ctx context.Context) ([]cid.Cid, error)
 //	func (n *Node) HasBlock(ctx context.Context, c cid.Cid) (bool, error)
@@ -71,6 +75,11 @@
 //	func (n *Node) Pause()
 //	func (n *Node) Resume()
 //	func (n *Node) Restart(t testing.TB)
+//
+// SwarmAddrs holds only IP addresses: Kubo also lists a bare /p2p-circuit,
+// which names nowhere to dial. With WebSocket on, go-libp2p serves tcp and
+// ws on one shared port. AddrInfoFor keeps the addresses whose last
+// protocol is the given one ("tcp", "quic-v1", "ws") to force a transport.
 //
 // AddBytes and AddDir behave like a plain `ipfs add` (CIDv0, 256 KiB chunks,
 // pinned). AddDir takes slash-separated paths ("a/b/c.txt") and returns the

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,9 +63,13 @@ func eventually(t *testing.T, what string, cond func() (bool, error)) {
 
 func TestBinaryMissingFails(t *testing.T) {
 	t.Setenv(BinaryEnv, filepath.Join(t.TempDir(), "no-such-ipfs"))
-	_, err := findBinary()
-	if err == nil || !strings.Contains(err.Error(), "make kubo") {
-		t.Fatalf("want an error telling the user to run `make kubo`, got %v", err)
+	rec := &recordT{TB: t}
+	func() {
+		defer func() { _ = recover() }()
+		Binary(rec)
+	}()
+	if len(rec.msgs) != 1 || !strings.Contains(rec.msgs[0], "make kubo") {
+		t.Fatalf("want one failure telling the user to run `make kubo`, got %q", rec.msgs)
 	}
 }
 
@@ -342,34 +347,67 @@ func TestBadConfigFailsFast(t *testing.T) {
 	// A bad option must surface as an error naming the problem, not as a
 	// 60 s readiness timeout; this runs the failing start in a fake T so
 	// the outer test can inspect the message.
-	ft := &fatalT{TB: t}
+	rec := &recordT{TB: t}
 	started := time.Now()
 	func() {
 		defer func() { _ = recover() }()
-		Start(ft, Options{Config: map[string]any{"Routing.Type": "no-such-routing"}})
+		Start(rec, Options{Config: map[string]any{"Routing.Type": "no-such-routing"}})
 	}()
-	if ft.msg == "" {
+	if len(rec.msgs) == 0 {
 		t.Fatal("Start accepted an invalid Routing.Type")
 	}
+	msg := rec.msgs[0]
 	if took := time.Since(started); took > 30*time.Second {
 		t.Errorf("failure took %v; the daemon's exit should end the wait", took)
 	}
-	if !strings.Contains(ft.msg, "no-such-routing") {
-		t.Errorf("failure message does not show the daemon's complaint:\n%s", ft.msg)
+	if !strings.Contains(msg, "no-such-routing") {
+		t.Errorf("failure message does not show the daemon's complaint:\n%s", msg)
 	}
-	t.Logf("bad config failed in %v:\n%s", time.Since(started), ft.msg)
+	t.Logf("bad config failed in %v:\n%s", time.Since(started), msg)
 }
 
-// fatalT records Fatalf instead of failing the real test, and stops the
-// caller with a panic the way FailNow would stop its goroutine.
-type fatalT struct {
+// recordT records Fatalf and Errorf instead of failing the real test, and
+// stops the caller of Fatalf with a panic the way FailNow would stop its
+// goroutine.
+type recordT struct {
 	testing.TB
-	msg string
+	msgs []string
 }
 
-func (f *fatalT) Fatalf(format string, args ...any) {
-	f.msg = fmt.Sprintf(format, args...)
-	panic(f)
+func (r *recordT) Fatalf(format string, args ...any) {
+	r.msgs = append(r.msgs, fmt.Sprintf(format, args...))
+	panic(r)
 }
 
-func (f *fatalT) Helper() {}
+func (r *recordT) Errorf(format string, args ...any) {
+	r.msgs = append(r.msgs, fmt.Sprintf(format, args...))
+}
+
+// Skipf is recorded as a failure: a missing Kubo must never turn into a
+// skipped, and so silently green, test.
+func (r *recordT) Skipf(format string, args ...any) {
+	r.msgs = append(r.msgs, "skipped: "+fmt.Sprintf(format, args...))
+	panic(r)
+}
+
+func (r *recordT) Skip(args ...any) { r.Skipf("%s", fmt.Sprint(args...)) }
+
+func (r *recordT) SkipNow() { r.Skipf("SkipNow") }
+
+func (r *recordT) Helper() {}
+
+func TestCrashIsReported(t *testing.T) {
+	rec := &recordT{TB: t}
+	// Registered first so it runs last, after Start's cleanup has spoken.
+	t.Cleanup(func() {
+		if len(rec.msgs) != 1 || !strings.Contains(rec.msgs[0], "exited on its own") {
+			t.Errorf("a daemon that died by itself was not reported: %q", rec.msgs)
+		}
+	})
+	n := Start(rec, Options{})
+	d := n.current()
+	if err := syscall.Kill(d.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-d.done
+}

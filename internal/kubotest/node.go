@@ -115,6 +115,16 @@ func Start(t testing.TB, opts Options) *Node {
 		t.Fatalf("kubotest: %v", err)
 	}
 	t.Cleanup(func() {
+		// A daemon that died without being told to (a panic, a fatal log)
+		// is a finding even if every assertion held: Kitsune's peers must
+		// not be able to crash a Kubo node.
+		if d := n.current(); d != nil {
+			select {
+			case <-d.done:
+				t.Errorf("kubotest: node %s exited on its own during the test: %v", n.ID, d.err)
+			default:
+			}
+		}
 		// The repository, logs included, goes away with the temp dir, so
 		// this is the last chance to show why a test failed.
 		if t.Failed() {
@@ -341,7 +351,8 @@ func (n *Node) probe(ctx context.Context, stdoutOffset int64) error {
 	}
 	// Keep-alives on: the rpc package's default client turns them off, which
 	// costs a TCP handshake per call and fills the port range with
-	// TIME_WAIT sockets in tests that poll.
+	// TIME_WAIT sockets in tests that poll. No Proxy: an HTTP_PROXY from the
+	// environment has no business seeing a loopback API.
 	transport := &http.Transport{MaxIdleConnsPerHost: 16}
 	api, err := rpc.NewApiWithClient(apiAddr, &http.Client{Transport: transport})
 	if err != nil {
