@@ -20,14 +20,24 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/zap"
+
+	"github.com/kitsune-lb/kitsune/downstream"
 )
 
-// Downstream is what the relay needs from the fleet.
+// Downstream is what the relay needs from the fleet (downstream.Pool).
 type Downstream interface {
 	// Pick returns a usable node for c that skip does not exclude.
 	Pick(c cid.Cid, skip func(peer.ID) bool) (peer.ID, bool)
 	// IsNode reports whether a peer on the back host is a fleet node.
 	IsNode(peer.ID) bool
+	// Sent and Done feed the pool's load and health figures: every want
+	// sent to a node is followed by exactly one Done.
+	Sent(node peer.ID)
+	Done(node peer.ID, o downstream.Outcome, latency time.Duration)
+	// Timeout is how long a node may stay silent with wants outstanding.
+	Timeout(node peer.ID) time.Duration
+	// Fetch makes a node fetch c from its own peers (a miss).
+	Fetch(ctx context.Context, node peer.ID, c cid.Cid) error
 }
 
 // Config holds the relay's limits.
@@ -45,6 +55,15 @@ type Config struct {
 	// MaxHaveBlockSize is the largest block sent in reply to a want-have,
 	// instead of a HAVE; Kubo uses 1024 bytes.
 	MaxHaveBlockSize int
+	// FetchMisses makes a node fetch a block from the wider network when
+	// every node said DONT_HAVE, before the client is told so.
+	FetchMisses bool
+	// MissFetchTimeout bounds one such fetch.
+	MissFetchTimeout time.Duration
+	// MissFetchesPerNode bounds the fetches in flight on one node.
+	MissFetchesPerNode int
+	// CheckInterval is how often silent nodes are looked for.
+	CheckInterval time.Duration
 }
 
 // Defaults for Config.
@@ -53,6 +72,8 @@ const (
 	DefaultMaxInFlightPerNode = 960
 	DefaultMaxMessageSize     = 4 << 20
 	DefaultMaxHaveBlockSize   = 1024
+	DefaultMissFetchTimeout   = 30 * time.Second
+	DefaultMissFetchesPerNode = 16
 )
 
 func (c *Config) fill() {
@@ -64,6 +85,15 @@ func (c *Config) fill() {
 	}
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.MissFetchTimeout <= 0 {
+		c.MissFetchTimeout = DefaultMissFetchTimeout
+	}
+	if c.MissFetchesPerNode <= 0 {
+		c.MissFetchesPerNode = DefaultMissFetchesPerNode
+	}
+	if c.CheckInterval <= 0 {
+		c.CheckInterval = 100 * time.Millisecond
 	}
 	if c.MaxHaveBlockSize < 0 {
 		c.MaxHaveBlockSize = 0
@@ -96,6 +126,11 @@ type want struct {
 	// its wanters (as a Kubo server keeps it in its ledger) and is tried
 	// again when one of them asks again or a node joins.
 	exhausted bool
+	// fetching is set while a node fetches the block for a miss; fetched
+	// once that was tried in this round, so a round fetches at most once.
+	fetching    bool
+	fetched     bool
+	cancelFetch context.CancelFunc
 }
 
 func (w *want) needsBlock() bool {
@@ -127,6 +162,13 @@ type node struct {
 	outstanding int
 	up          bool
 	out         *wantOutbox
+	// wants are those outstanding here, for failover without a scan of
+	// the whole table.
+	wants map[cid.Cid]*want
+	// lastHeard is when the node last sent anything: a node that answers
+	// is slow, not dead, and its wants are left alone.
+	lastHeard time.Time
+	fetches   int
 }
 
 // Relay forwards Bitswap between the front and back networks.
@@ -163,6 +205,9 @@ type Counters struct {
 	Unsolicited     atomic.Uint64 // blocks from downstream nobody wanted
 	DroppedMessages atomic.Uint64 // upstream messages over the size limit
 	DroppedWants    atomic.Uint64 // want entries over a peer's limit
+	Timeouts        atomic.Uint64 // wants moved off a silent node
+	MissFetches     atomic.Uint64 // nodes asked to fetch a block nobody had
+	MissFetched     atomic.Uint64 // ... that got it
 }
 
 // New builds a relay; Start attaches it to the networks.
@@ -188,6 +233,7 @@ func (r *Relay) Start(ctx context.Context) {
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	r.back.Start(backReceiver{r})
 	r.front.Start(frontReceiver{r})
+	go r.watchSilence(r.ctx)
 }
 
 // Close cancels every want still outstanding downstream, so the fleet's
@@ -260,6 +306,11 @@ func (f frontReceiver) ReceiveError(error)         {}
 func (f frontReceiver) PeerConnected(peer.ID)      {}
 func (f frontReceiver) PeerDisconnected(p peer.ID) { f.r.upstreamGone(p) }
 
+// wantsTag protects an upstream peer with wants in flight from the
+// connection manager: trimming it would throw away work the fleet is doing
+// for it.
+const wantsTag = "kitsune-wants"
+
 func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 	if size := msg.Size(); size > r.cfg.MaxMessageSize {
 		r.counters.DroppedMessages.Add(1)
@@ -279,6 +330,7 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		u = &upstream{wants: make(map[cid.Cid]struct{}), out: newReplyOutbox(p, r.front, r.log, r.countSent)}
 		r.peers[p] = u
 	}
+	had := len(u.wants) > 0
 	if msg.Full() {
 		// A full wantlist replaces the previous one.
 		keep := make(map[cid.Cid]struct{}, len(entries))
@@ -300,6 +352,12 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		}
 		r.counters.WantsReceived.Add(1)
 		r.addWanterLocked(p, u, e)
+	}
+	switch has := len(u.wants) > 0; {
+	case has && !had:
+		r.front.Protect(p, wantsTag)
+	case !has && had:
+		r.front.Unprotect(p, wantsTag)
 	}
 }
 
@@ -332,15 +390,21 @@ func (r *Relay) addWanterLocked(p peer.ID, u *upstream, e bsmsg.Entry) {
 	case w.exhausted:
 		// Asked again after every node said DONT_HAVE: the content may have
 		// arrived since, so start a new round.
-		w.exhausted = false
-		clear(w.tried)
-		r.dispatchLocked(w)
+		r.newRoundLocked(w)
 	case w.node != "" && w.sentType == pb.Message_Wantlist_Have && wr.wantType == pb.Message_Wantlist_Block:
 		// Upgrade on the node that has the want already.
 		w.sentType = pb.Message_Wantlist_Block
 		r.nodeLocked(w.node).out.want(r.ctx, w.c, w.sentType, w.priority())
 		r.counters.WantsForwarded.Add(1)
 	}
+}
+
+// newRoundLocked forgets which nodes said DONT_HAVE and tries again.
+func (r *Relay) newRoundLocked(w *want) {
+	w.exhausted = false
+	w.fetched = false
+	clear(w.tried)
+	r.dispatchLocked(w)
 }
 
 func (r *Relay) removeWanterLocked(p peer.ID, u *upstream, c cid.Cid) {
@@ -363,11 +427,12 @@ func (r *Relay) dropWantLocked(w *want) {
 		r.queue.Remove(w.queued)
 		w.queued = nil
 	}
+	if w.cancelFetch != nil {
+		w.cancelFetch()
+		w.cancelFetch = nil
+	}
 	if w.node != "" {
-		n := r.nodeLocked(w.node)
-		n.outstanding--
-		n.out.cancel(r.ctx, w.c)
-		w.node = ""
+		r.unassignLocked(w, downstream.OutcomeCancelled, true)
 		r.drainQueueLocked()
 	}
 }
@@ -384,6 +449,7 @@ func (r *Relay) upstreamGone(p peer.ID) {
 	for c := range u.wants {
 		r.removeWanterLocked(p, u, c)
 	}
+	r.front.Unprotect(p, wantsTag)
 }
 
 // ---- choosing a node ----
@@ -391,7 +457,7 @@ func (r *Relay) upstreamGone(p peer.ID) {
 func (r *Relay) nodeLocked(id peer.ID) *node {
 	n := r.nodes[id]
 	if n == nil {
-		n = &node{out: newWantOutbox(id, r.back, r.log)}
+		n = &node{out: newWantOutbox(id, r.back, r.log), wants: make(map[cid.Cid]*want), lastHeard: time.Now()}
 		r.nodes[id] = n
 	}
 	return n
@@ -402,36 +468,66 @@ func (r *Relay) fullLocked(id peer.ID) bool {
 	return n != nil && n.outstanding >= r.cfg.MaxInFlightPerNode
 }
 
-// dispatchLocked sends w to a node that has not said DONT_HAVE to it, queues
-// it when every such node is at its cap, and answers DONT_HAVE when there is
-// no such node at all.
-func (r *Relay) dispatchLocked(w *want) {
-	tried := func(id peer.ID) bool { _, t := w.tried[id]; return t }
-	var pick peer.ID
-	if h, ok := r.hints.get(w.c); ok && !tried(h) && !r.fullLocked(h) && r.usableLocked(h) {
-		// The node that said HAVE is the one to ask for the block.
-		pick = h
-	} else if id, ok := r.down.Pick(w.c, func(id peer.ID) bool { return tried(id) || r.fullLocked(id) }); ok {
-		pick = id
-	} else if _, ok := r.down.Pick(w.c, tried); ok {
-		if w.queued == nil {
-			w.queued = r.queue.PushBack(w)
-		}
-		return
-	} else {
-		r.exhaustLocked(w)
-		return
-	}
-	w.node = pick
+// assignLocked sends w to node id.
+func (r *Relay) assignLocked(w *want, id peer.ID) {
+	w.node = id
 	w.sentAt = time.Now()
 	w.sentType = pb.Message_Wantlist_Have
 	if w.needsBlock() {
 		w.sentType = pb.Message_Wantlist_Block
 	}
-	n := r.nodeLocked(pick)
+	n := r.nodeLocked(id)
+	if n.outstanding == 0 {
+		// Silence is measured from the first want a node has to answer.
+		n.lastHeard = w.sentAt
+	}
 	n.outstanding++
+	n.wants[w.c] = w
 	n.out.want(r.ctx, w.c, w.sentType, w.priority())
+	r.down.Sent(id)
 	r.counters.WantsForwarded.Add(1)
+}
+
+// unassignLocked takes w off its node, reporting how it ended. cancel sends
+// a cancel to the node so its ledger lets go of the want too.
+func (r *Relay) unassignLocked(w *want, o downstream.Outcome, cancel bool) {
+	id := w.node
+	if id == "" {
+		return
+	}
+	w.node = ""
+	n := r.nodeLocked(id)
+	if n.wants[w.c] == w {
+		delete(n.wants, w.c)
+		n.outstanding--
+	}
+	if cancel {
+		n.out.cancel(r.ctx, w.c)
+	}
+	r.down.Done(id, o, time.Since(w.sentAt))
+}
+
+// dispatchLocked sends w to a node that has not said DONT_HAVE to it, queues
+// it when every such node is at its cap, and deals with a miss when there
+// is no such node at all.
+func (r *Relay) dispatchLocked(w *want) {
+	tried := func(id peer.ID) bool { _, t := w.tried[id]; return t }
+	if h, ok := r.hints.get(w.c); ok && !tried(h) && !r.fullLocked(h) && r.usableLocked(h) {
+		// The node that said HAVE is the one to ask for the block.
+		r.assignLocked(w, h)
+		return
+	}
+	if id, ok := r.down.Pick(w.c, func(id peer.ID) bool { return tried(id) || r.fullLocked(id) }); ok {
+		r.assignLocked(w, id)
+		return
+	}
+	if _, ok := r.down.Pick(w.c, tried); ok {
+		if w.queued == nil {
+			w.queued = r.queue.PushBack(w)
+		}
+		return
+	}
+	r.missLocked(w)
 }
 
 func (r *Relay) usableLocked(id peer.ID) bool {
@@ -439,12 +535,62 @@ func (r *Relay) usableLocked(id peer.ID) bool {
 	return n != nil && n.up
 }
 
+// missLocked handles a want every node said DONT_HAVE to. A Kubo node does
+// not fetch a block because a peer asked for it, but the fleet usually
+// reaches the wider network: so one node, chosen by the policy, is asked to
+// fetch it through its RPC API, and the want is sent to that node again
+// once it has the block. Only when that fails do the wanters hear DONT_HAVE.
+func (r *Relay) missLocked(w *want) {
+	if !r.cfg.FetchMisses || w.fetched || w.fetching {
+		r.exhaustLocked(w)
+		return
+	}
+	id, ok := r.down.Pick(w.c, nil)
+	if !ok {
+		r.exhaustLocked(w)
+		return
+	}
+	n := r.nodeLocked(id)
+	if n.fetches >= r.cfg.MissFetchesPerNode {
+		r.exhaustLocked(w)
+		return
+	}
+	n.fetches++
+	w.fetching, w.fetched = true, true
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.MissFetchTimeout)
+	w.cancelFetch = cancel
+	r.counters.MissFetches.Add(1)
+	go func() {
+		err := r.down.Fetch(ctx, id, w.c)
+		cancel()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if nn := r.nodes[id]; nn != nil && nn.fetches > 0 {
+			nn.fetches--
+		}
+		if r.wants[w.c] != w {
+			return // nobody wants it any more
+		}
+		w.fetching = false
+		w.cancelFetch = nil
+		if err != nil {
+			r.log.Debug("miss fetch failed", zap.Stringer("cid", w.c), zap.Stringer("node", id), zap.Error(err))
+			r.exhaustLocked(w)
+			return
+		}
+		// The node has the block now: ask it first.
+		r.counters.MissFetched.Add(1)
+		r.hints.put(w.c, id)
+		clear(w.tried)
+		r.dispatchLocked(w)
+	}()
+}
+
 // exhaustLocked tells the wanters that asked for it that nobody has w.
 // The DONT_HAVE goes out once per round: Helia drops a peer as a provider
 // on its first DONT_HAVE, so it must mean "no node has it".
 func (r *Relay) exhaustLocked(w *want) {
 	w.exhausted = true
-	w.node = ""
 	for p, wr := range w.wanters {
 		if !wr.sendDontHave {
 			continue
@@ -500,8 +646,10 @@ func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	n := r.nodeLocked(from)
+	n.lastHeard = time.Now()
 	if len(dont) > 0 {
-		r.nodeLocked(from).out.dontHave(r.ctx, dont)
+		n.out.dontHave(r.ctx, dont)
 	}
 	for _, b := range msg.Blocks() {
 		r.counters.BlocksIn.Add(1)
@@ -527,17 +675,14 @@ func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
 		if w == nil || w.node != from {
 			continue
 		}
-		n := r.nodeLocked(from)
-		n.outstanding--
 		// Kubo keeps a want it answered DONT_HAVE to; cancel it so it does
 		// not take one of the node's queue slots for nothing.
-		n.out.cancel(r.ctx, c)
+		r.unassignLocked(w, downstream.OutcomeDontHave, true)
 		w.tried[from] = struct{}{}
-		w.node = ""
 		r.counters.Failovers.Add(1)
 		r.dispatchLocked(w)
-		r.drainQueueLocked()
 	}
+	r.drainQueueLocked()
 }
 
 func (r *Relay) deliverBlockLocked(w *want, b blocks.Block, from peer.ID) {
@@ -554,21 +699,27 @@ func (r *Relay) deliverBlockLocked(w *want, b blocks.Block, from peer.ID) {
 			r.counters.HavesOut.Add(1)
 		}
 		delete(u.wants, w.c)
+		if len(u.wants) == 0 {
+			r.front.Unprotect(p, wantsTag)
+		}
 	}
 	delete(r.wants, w.c)
 	if w.queued != nil {
 		r.queue.Remove(w.queued)
 		w.queued = nil
 	}
-	if w.node != "" {
-		n := r.nodeLocked(w.node)
-		n.outstanding--
-		if w.node != from {
-			n.out.cancel(r.ctx, w.c)
-		}
-		w.node = ""
+	if w.cancelFetch != nil {
+		w.cancelFetch()
+		w.cancelFetch = nil
 	}
-	r.drainQueueLocked()
+	// Kubo drops a want from its ledger once it sent the block; a want
+	// still open on another node (a late block after a failover) is
+	// cancelled there.
+	if w.node == from {
+		r.unassignLocked(w, downstream.OutcomeBlock, false)
+	} else if w.node != "" {
+		r.unassignLocked(w, downstream.OutcomeCancelled, true)
+	}
 }
 
 // deliverHaveLocked answers the want-have wanters. Want-block wanters stay:
@@ -582,6 +733,9 @@ func (r *Relay) deliverHaveLocked(w *want, from peer.ID) {
 			u.out.addPresence(r.ctx, w.c, pb.Message_Have)
 			r.counters.HavesOut.Add(1)
 			delete(u.wants, w.c)
+			if len(u.wants) == 0 {
+				r.front.Unprotect(p, wantsTag)
+			}
 		}
 		delete(w.wanters, p)
 	}
@@ -595,51 +749,118 @@ func (r *Relay) deliverHaveLocked(w *want, from peer.ID) {
 	}
 	// Kubo drops a want-have from its ledger once answered; the cancel
 	// makes sure, at the cost of a few bytes.
-	n := r.nodeLocked(from)
-	n.outstanding--
-	n.out.cancel(r.ctx, w.c)
-	w.node = ""
+	r.unassignLocked(w, downstream.OutcomeHave, true)
 	delete(r.wants, w.c)
-	r.drainQueueLocked()
 }
 
-// NodeUp implements downstream.Listener: a node joined or came back.
+// NodeUp implements downstream.Listener: a node joined, came back, or was
+// re-admitted.
 func (r *Relay) NodeUp(id peer.ID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.nodeLocked(id)
 	n.up = true
-	n.outstanding = 0
-	n.out.reset()
+	n.lastHeard = time.Now()
 	// Wants nobody had may be on the new node.
 	for _, w := range r.wants {
 		if w.exhausted {
-			w.exhausted = false
-			clear(w.tried)
-			r.dispatchLocked(w)
+			r.newRoundLocked(w)
 		}
 	}
 	r.drainQueueLocked()
 }
 
 // NodeDown implements downstream.Listener: the node's wants move elsewhere
-// at once, since its ledger went with the connection.
-func (r *Relay) NodeDown(id peer.ID) {
+// at once. When the connection is gone its ledger went with it; when the
+// node was only ejected, its wants are cancelled there.
+func (r *Relay) NodeDown(id peer.ID, connected bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := r.nodeLocked(id)
+	n := r.nodes[id]
+	if n == nil {
+		return
+	}
 	n.up = false
-	n.outstanding = 0
-	n.out.reset()
-	for _, w := range r.wants {
-		if w.node == id {
-			w.node = ""
+	if !connected {
+		n.out.reset()
+	}
+	moved := make([]*want, 0, len(n.wants))
+	for _, w := range n.wants {
+		moved = append(moved, w)
+	}
+	for _, w := range moved {
+		r.unassignLocked(w, downstream.OutcomeCancelled, connected)
+		r.counters.Failovers.Add(1)
+		r.dispatchLocked(w)
+	}
+	r.hints.forget(id)
+	if !connected && n.outstanding == 0 && n.fetches == 0 {
+		// A node that left for good should not keep an entry; one that
+		// comes back gets a fresh one.
+		delete(r.nodes, id)
+	}
+	r.drainQueueLocked()
+}
+
+// watchSilence moves wants off nodes that stopped answering. A node that
+// has wants outstanding and has sent nothing for longer than its timeout
+// (derived from its own latency) is treated as failing: each of its wants
+// that waited that long goes to another node when there is one, and the
+// pool counts the failure towards ejection. A node that keeps sending is
+// only busy, and is left alone: Kubo answers every want, so silence with
+// work outstanding is the sign of trouble.
+func (r *Relay) watchSilence(ctx context.Context) {
+	t := time.NewTicker(r.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.checkSilence()
+	}
+}
+
+func (r *Relay) checkSilence() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	for id, n := range r.nodes {
+		if n.outstanding == 0 {
+			continue
+		}
+		timeout := r.down.Timeout(id)
+		if now.Sub(n.lastHeard) < timeout {
+			continue
+		}
+		var late []*want
+		for _, w := range n.wants {
+			if now.Sub(w.sentAt) >= timeout {
+				late = append(late, w)
+			}
+		}
+		if len(late) == 0 {
+			continue
+		}
+		// Look again one timeout from now, not at every tick.
+		n.lastHeard = now
+		for _, w := range late {
+			alt, ok := r.down.Pick(w.c, func(p peer.ID) bool {
+				_, t := w.tried[p]
+				return t || p == id || r.fullLocked(p)
+			})
+			if !ok {
+				continue // nowhere better: keep waiting on this node
+			}
+			// Each want that timed out is a failure of the node's: a few
+			// in a row eject it.
+			r.unassignLocked(w, downstream.OutcomeFailed, true)
+			w.tried[id] = struct{}{}
 			r.counters.Failovers.Add(1)
-			r.dispatchLocked(w)
+			r.counters.Timeouts.Add(1)
+			r.assignLocked(w, alt)
 		}
 	}
-	// A node that left for good should not keep an entry; one that comes
-	// back gets a fresh one.
-	delete(r.nodes, id)
-	r.hints.forget(id)
+	r.drainQueueLocked()
 }

@@ -15,6 +15,29 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 )
 
+// State is a node's health as the pool sees it.
+type State int
+
+// States of a node.
+const (
+	// StateUnknown: not connected, or not checked yet.
+	StateUnknown State = iota
+	// StateHealthy: connected and passing checks; receives wants.
+	StateHealthy
+	// StateEjected: failing; receives wants only when no node is healthy.
+	StateEjected
+)
+
+func (s State) String() string {
+	switch s {
+	case StateHealthy:
+		return "healthy"
+	case StateEjected:
+		return "ejected"
+	}
+	return "unknown"
+}
+
 // Node is one Kubo node of the fleet, known by its RPC API address. Its
 // peer ID is learnt from the API and may change when the node is rebuilt
 // behind the same address.
@@ -24,11 +47,34 @@ type Node struct {
 	URL  string
 	API  *rpc.HttpApi
 
-	mu        sync.Mutex
-	id        peer.ID
-	addrs     []ma.Multiaddr
-	connected bool
-	lastErr   string
+	cancel context.CancelFunc // stops the node's maintenance when removed
+	wake   chan struct{}
+
+	mu           sync.Mutex
+	id           peer.ID
+	addrs        []ma.Multiaddr
+	connected    bool
+	state        State
+	lastErr      string
+	inFlight     int
+	ewma         time.Duration // smoothed want latency
+	rtt          time.Duration // last libp2p ping
+	failures     int           // consecutive failures, active or passive
+	ejections    int           // ejections in a row, for the growing ejection time
+	ejectedUntil time.Time
+	healthySince time.Time
+	stats        NodeCounters
+}
+
+// NodeCounters are a node's cumulative traffic figures.
+type NodeCounters struct {
+	WantsSent   uint64
+	Blocks      uint64
+	Haves       uint64
+	DontHaves   uint64
+	Failures    uint64
+	Ejections   uint64
+	MissFetches uint64
 }
 
 // NodeStatus is a snapshot of a node for logs, tests and status pages.
@@ -38,7 +84,13 @@ type NodeStatus struct {
 	ID        peer.ID
 	Addrs     []ma.Multiaddr
 	Connected bool
+	State     State
+	InFlight  int
+	Latency   time.Duration
+	PingRTT   time.Duration
+	Failures  int
 	LastError string
+	Counters  NodeCounters
 }
 
 func newNode(addr string, client *http.Client) (*Node, error) {
@@ -50,7 +102,7 @@ func newNode(addr string, client *http.Client) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("downstream %s: %w", addr, err)
 	}
-	return &Node{Addr: addr, URL: u, API: api}, nil
+	return &Node{Addr: addr, URL: u, API: api, wake: make(chan struct{}, 1)}, nil
 }
 
 // ID returns the node's current peer ID, empty until learnt.
@@ -64,7 +116,18 @@ func (n *Node) ID() peer.ID {
 func (n *Node) Status() NodeStatus {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return NodeStatus{Addr: n.Addr, URL: n.URL, ID: n.id, Addrs: n.addrs, Connected: n.connected, LastError: n.lastErr}
+	return NodeStatus{
+		Addr: n.Addr, URL: n.URL, ID: n.id, Addrs: n.addrs, Connected: n.connected,
+		State: n.state, InFlight: n.inFlight, Latency: n.ewma, PingRTT: n.rtt,
+		Failures: n.failures, LastError: n.lastErr, Counters: n.stats,
+	}
+}
+
+func (n *Node) poke() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
 }
 
 type idOutput struct {

@@ -1,24 +1,50 @@
 package downstream
 
 import (
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// Candidate is a node a policy may choose.
+// Candidate is a node a policy may choose, with the load figures policies
+// weigh.
 type Candidate struct {
-	ID  peer.ID
-	URL string
+	ID       peer.ID
+	URL      string
+	InFlight int
+	// Latency is the node's smoothed want latency; zero until measured.
+	Latency time.Duration
 }
 
 // Policy chooses one of the candidates for a block. The pool only offers
-// nodes that are connected and not excluded by the caller, and never an
-// empty list.
+// usable nodes not excluded by the caller, and never an empty list. Like
+// Caddy's selection policies, a policy is one small type with one method
+// and no knowledge of health: that is decided before it is asked.
 type Policy interface {
 	Select(cands []Candidate, c cid.Cid) Candidate
 }
+
+// NewPolicy returns the policy by its flag name.
+func NewPolicy(name string, epsilon float64) (Policy, bool) {
+	switch name {
+	case "affinity", "":
+		return &Affinity{Epsilon: epsilon}, true
+	case "least-loaded":
+		return LeastLoaded{}, true
+	case "round-robin":
+		return &RoundRobin{}, true
+	}
+	return nil, false
+}
+
+// PolicyNames lists the accepted policy names.
+var PolicyNames = []string{"affinity", "least-loaded", "round-robin"}
 
 // RoundRobin spreads wants evenly, ignoring content and load.
 type RoundRobin struct {
@@ -29,4 +55,86 @@ type RoundRobin struct {
 func (r *RoundRobin) Select(cands []Candidate, _ cid.Cid) Candidate {
 	i := r.next.Add(1) - 1
 	return cands[i%uint64(len(cands))]
+}
+
+// Affinity sends each block to the same node every time, so repeated
+// fetches of the same content hit that node's cache: rendezvous hashing on
+// the block's multihash (not the CID, so CIDv0 and CIDv1 of one block land
+// together), with bounded load: a node already carrying more than
+// (1+Epsilon) times the average in-flight wants is passed over for the
+// next node in the block's ranking.
+type Affinity struct {
+	Epsilon float64
+}
+
+// Select implements Policy.
+func (a *Affinity) Select(cands []Candidate, c cid.Cid) Candidate {
+	if len(cands) == 1 {
+		return cands[0]
+	}
+	mh := c.Hash()
+	type ranked struct {
+		Candidate
+		score uint64
+	}
+	rs := make([]ranked, len(cands))
+	total := 0
+	for i, cand := range cands {
+		h := fnv.New64a()
+		h.Write(mh)
+		h.Write([]byte(cand.ID))
+		rs[i] = ranked{cand, h.Sum64()}
+		total += cand.InFlight
+	}
+	slices.SortFunc(rs, func(x, y ranked) int {
+		switch {
+		case x.score > y.score:
+			return -1
+		case x.score < y.score:
+			return 1
+		}
+		return 0
+	})
+	// The bound counts the want being placed, so an idle pool always
+	// accepts the first choice.
+	bound := int(math.Ceil((1 + a.Epsilon) * float64(total+1) / float64(len(cands))))
+	for _, r := range rs {
+		if r.InFlight < bound {
+			return r.Candidate
+		}
+	}
+	return rs[0].Candidate
+}
+
+// LeastLoaded picks the better of two random candidates ("power of two
+// choices"), where better means fewer wants in flight weighted by latency:
+// nearly as good as scanning every node, without herding all wants onto
+// whichever node looked idlest a moment ago.
+type LeastLoaded struct{}
+
+// Select implements Policy.
+func (LeastLoaded) Select(cands []Candidate, _ cid.Cid) Candidate {
+	if len(cands) == 1 {
+		return cands[0]
+	}
+	i := rand.IntN(len(cands))
+	j := rand.IntN(len(cands) - 1)
+	if j >= i {
+		j++
+	}
+	if cost(cands[j]) < cost(cands[i]) {
+		return cands[j]
+	}
+	return cands[i]
+}
+
+// cost estimates how long a new want would wait on a node: the wants ahead
+// of it times how long each takes. Unmeasured nodes count as 1 ms so a new
+// node is tried rather than avoided.
+func cost(c Candidate) float64 {
+	lat := c.Latency
+	if lat <= 0 {
+		lat = time.Millisecond
+	}
+	return float64(c.InFlight+1) * float64(lat)
 }

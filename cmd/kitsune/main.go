@@ -28,12 +28,13 @@ type cli struct {
 // original Kitsune's short names (-d, -l, -w, -k); every flag can also come
 // from a KITSUNE_* environment variable.
 type runCmd struct {
-	Downstream []string `short:"d" env:"KITSUNE_DOWNSTREAM" sep:"," required:"" placeholder:"ADDR" help:"Comma-separated RPC API addresses of the downstream Kubo nodes, as multiaddrs (/ip4/10.0.1.42/tcp/5001) or URLs (http://10.0.1.42:5001)."`
+	Downstream []string `short:"d" env:"KITSUNE_DOWNSTREAM" sep:"," placeholder:"ADDR" help:"Comma-separated RPC API addresses of the downstream Kubo nodes, as multiaddrs (/ip4/10.0.1.42/tcp/5001) or URLs (http://10.0.1.42:5001). Required unless --downstream-dns or --downstream-file gives the fleet."`
 	Listen     []string `short:"l" env:"KITSUNE_LISTEN" sep:"," default:"/ip4/0.0.0.0/tcp/0,/ip4/0.0.0.0/udp/0/quic-v1" placeholder:"MULTIADDR" help:"Comma-separated TCP and QUIC-v1 listen multiaddrs for upstream peers (default: all interfaces, random ports)."`
 	WS         []string `short:"w" env:"KITSUNE_WS" sep:"," default:"/ip4/0.0.0.0/tcp/0/ws" placeholder:"MULTIADDR" help:"Comma-separated WebSocket listen multiaddrs, with or without the trailing /ws (default: all interfaces, random port)."`
 	Key        string   `short:"k" env:"KITSUNE_KEY" default:"kitsune.key" type:"path" help:"Key file holding the front host's identity; created (Ed25519, mode 0600) if missing, never overwritten. The back host's key is kept beside it as <file>.back."`
 
 	relayFlags `embed:""`
+	poolFlags  `embed:""`
 
 	LogLevel string `env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ipfs/boxo/bitswap/network/bsnet"
@@ -26,6 +29,7 @@ type config struct {
 	Listen     []ma.Multiaddr
 	KeyFile    string
 	Relay      bitswap.Config
+	Pool       poolConfig
 }
 
 func (c *runCmd) config() (config, error) {
@@ -45,8 +49,13 @@ func (c *runCmd) config() (config, error) {
 			cfg.Downstream = append(cfg.Downstream, d)
 		}
 	}
-	if len(cfg.Downstream) == 0 {
-		return config{}, errors.New("-d: give at least one downstream Kubo RPC address")
+	pc, err := c.poolFlags.config(&cfg.Relay)
+	if err != nil {
+		return config{}, err
+	}
+	cfg.Pool = pc
+	if len(cfg.Downstream) == 0 && pc.DNS == nil && pc.File == "" {
+		return config{}, errors.New("no downstream nodes: give -d, --downstream-dns or --downstream-file")
 	}
 	for _, l := range c.Listen {
 		a, err := parseListen(l, false)
@@ -108,6 +117,8 @@ type kitsune struct {
 	relay       *bitswap.Relay
 	stop        func()
 	done        chan struct{}
+	// reload re-reads the --downstream-file (on SIGHUP).
+	reload func() error
 }
 
 // start builds and starts every part. The caller stops it with stop() and
@@ -133,7 +144,11 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		front.Close()
 		return nil, err
 	}
-	pool, err := downstream.New(back, cfg.Downstream, log.Named("downstream"), downstream.Options{})
+	pool := downstream.New(back, log.Named("downstream"), cfg.Pool.Options)
+	err = pool.SetMembers("flags", cfg.Downstream)
+	if err == nil && cfg.Pool.File != "" {
+		err = pool.SetMembers("file", cfg.Pool.FileAddrs)
+	}
 	if err != nil {
 		front.Close()
 		back.Close()
@@ -151,6 +166,23 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		defer wg.Done()
 		pool.Run(runCtx)
 	}()
+	if cfg.Pool.DNS != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg.Pool.DNS.Watch(runCtx, pool, log.Named("downstream"))
+		}()
+	}
+	k.reload = func() error {
+		if cfg.Pool.File == "" {
+			return nil
+		}
+		addrs, err := downstream.ReadMembersFile(cfg.Pool.File)
+		if err != nil {
+			return err
+		}
+		return pool.SetMembers("file", addrs)
+	}
 
 	fmt.Fprintf(out, "Kitsune peer ID %s\n", front.ID())
 	fmt.Fprintf(out, "Back host peer ID %s (add it to the Kubo nodes' Peering.Peers and Swarm.ResourceMgr.Allowlist)\n", back.ID())
@@ -186,7 +218,21 @@ func run(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) error 
 	if err != nil {
 		return err
 	}
-	<-ctx.Done()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+		case <-hup:
+			if err := k.reload(); err != nil {
+				// A bad file changes nothing: the fleet stays as it was.
+				log.Error("reloading the downstream file", zap.Error(err))
+			} else {
+				log.Info("reloaded the downstream file")
+			}
+		}
+	}
 	log.Info("shutting down")
 	k.stop()
 	select {
