@@ -1,0 +1,108 @@
+package preload
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+)
+
+// clientIP returns the caller's address: the connection's remote IP, or,
+// when that is a trusted proxy, the first X-Forwarded-For hop from the
+// right that is not itself a trusted proxy. Hops are read from the right
+// because each proxy appends the address it saw; everything left of the
+// first untrusted hop was written by the client and proves nothing. A hop
+// that does not parse stops the walk at the last trusted hop.
+func clientIP(r *http.Request, trusted []netip.Prefix) netip.Addr {
+	ip := parseHop(r.RemoteAddr)
+	if !ip.IsValid() || !isTrusted(ip, trusted) {
+		return ip
+	}
+	var hops []string
+	for _, v := range r.Header.Values("X-Forwarded-For") {
+		hops = append(hops, strings.Split(v, ",")...)
+	}
+	for i := len(hops) - 1; i >= 0; i-- {
+		a := parseHop(hops[i])
+		if !a.IsValid() {
+			break
+		}
+		ip = a
+		if !isTrusted(a, trusted) {
+			break
+		}
+	}
+	return ip
+}
+
+// parseHop reads "1.2.3.4", "1.2.3.4:5678", "::1" or "[::1]:5678".
+func parseHop(s string) netip.Addr {
+	s = strings.TrimSpace(s)
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		ap, err := netip.ParseAddrPort(s)
+		if err != nil {
+			return netip.Addr{}
+		}
+		a = ap.Addr()
+	}
+	return a.Unmap().WithZone("")
+}
+
+func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
+	for _, p := range trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// limiter counts concurrent calls per client. IPv6 clients are counted per
+// /64: one host usually holds a whole /64, and counting single addresses
+// would let it open a call per address.
+type limiter struct {
+	max int
+	mu  sync.Mutex
+	n   map[netip.Addr]int
+}
+
+func newLimiter(max int) *limiter {
+	return &limiter{max: max, n: make(map[netip.Addr]int)}
+}
+
+func limitKey(ip netip.Addr) netip.Addr {
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
+}
+
+// acquire takes a slot for ip; ok is false when it has max calls running.
+func (l *limiter) acquire(ip netip.Addr) (release func(), ok bool) {
+	k := limitKey(ip)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[k] >= l.max {
+		return nil, false
+	}
+	l.n[k]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			if l.n[k]--; l.n[k] <= 0 {
+				delete(l.n, k)
+			}
+		})
+	}, true
+}
+
+// active is the number of clients with a call running.
+func (l *limiter) active() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.n)
+}

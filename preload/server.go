@@ -1,0 +1,92 @@
+package preload
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Server timeouts against slow or idle clients. Writes are bounded per
+// request by the Handler (Timeout plus a little), since a refs answer
+// streams for as long as the node walks.
+const (
+	readHeaderTimeout = 10 * time.Second
+	readTimeout       = 30 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 32 << 10
+)
+
+// Server serves a Handler on one TCP listener.
+type Server struct {
+	srv  *http.Server
+	ln   net.Listener
+	stop context.CancelCauseFunc
+	done chan struct{}
+}
+
+// Listen listens on addr (host:port; port 0 picks one) and serves h until
+// Close.
+func Listen(addr string, h http.Handler, log *zap.Logger) (*Server, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	base, stop := context.WithCancelCause(context.Background())
+	s := &Server{
+		srv: &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: readHeaderTimeout,
+			ReadTimeout:       readTimeout,
+			IdleTimeout:       idleTimeout,
+			MaxHeaderBytes:    maxHeaderBytes,
+			BaseContext:       func(net.Listener) context.Context { return base },
+			ErrorLog:          zap.NewStdLog(log.WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+		},
+		ln:   ln,
+		stop: stop,
+		done: make(chan struct{}),
+	}
+	go func() {
+		defer close(s.done)
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("preload server stopped", zap.Error(err))
+		}
+	}()
+	return s, nil
+}
+
+// Addr is the address listened on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// URL is the server's base URL, e.g. http://127.0.0.1:5002; "" for a nil
+// Server.
+func (s *Server) URL() string {
+	if s == nil {
+		return ""
+	}
+	return "http://" + s.ln.Addr().String()
+}
+
+// Close stops listening and ends running calls: each sends what it has,
+// then an X-Stream-Error saying Kitsune is shutting down. It waits for
+// them until ctx ends, then cuts the remaining connections. A nil Server
+// is a no-op.
+func (s *Server) Close(ctx context.Context) error {
+	if s == nil {
+		return nil
+	}
+	s.stop(ErrShutdown)
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		err = s.srv.Close()
+	}
+	<-s.done
+	return err
+}
