@@ -169,11 +169,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	target, ok := h.chooser.ChooseAPI(req.root)
-	if !ok {
+	base, ok := h.chooser.ChooseAPI(req.root)
+	if !ok || base == "" {
 		hdr.Set("Retry-After", "5")
 		h.refuse(w, http.StatusServiceUnavailable, codeNormal, "no downstream node available")
 		return
+	}
+
+	target := Target{URL: base}
+	if pl, ok := h.chooser.(PeerLookup); ok {
+		target.Peer, _ = pl.PeerOf(base)
 	}
 
 	ctx, cancel := context.WithTimeoutCause(r.Context(), h.timeout, errCallTimeout)

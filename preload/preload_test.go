@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multihash"
 	"go.uber.org/zap/zaptest"
 )
@@ -87,6 +88,17 @@ func testCID(t *testing.T, s string) cid.Cid {
 	return cid.NewCidV1(cid.DagProtobuf, mh)
 }
 
+// lookupChooser also names the peer behind each URL.
+type lookupChooser struct {
+	ChooserFunc
+	peers map[string]peer.ID
+}
+
+func (l lookupChooser) PeerOf(u string) (peer.ID, bool) {
+	p, ok := l.peers[u]
+	return p, ok
+}
+
 type recSessions struct {
 	mu     sync.Mutex
 	begins []Call
@@ -126,9 +138,8 @@ func newEnv(t *testing.T, mod func(*Config)) *env {
 	t.Helper()
 	e := &env{kubo: newFakeKubo(t), sess: &recSessions{}, root: testCID(t, "root")}
 	cfg := Config{
-		Chooser: ChooserFunc(func(cid.Cid) (Target, bool) {
-			return Target{URL: e.kubo.URL, Peer: "node-a"}, true
-		}),
+		Chooser: lookupChooser{ChooserFunc(func(cid.Cid) (string, bool) { return e.kubo.URL, true }),
+			map[string]peer.ID{e.kubo.URL: "node-a"}},
 		Sessions: e.sess,
 		Log:      zaptest.NewLogger(t),
 	}
@@ -394,7 +405,7 @@ func TestPreloadNodeErrorPassedOn(t *testing.T) {
 
 func TestPreloadNoNode(t *testing.T) {
 	e := newEnv(t, func(c *Config) {
-		c.Chooser = ChooserFunc(func(cid.Cid) (Target, bool) { return Target{}, false })
+		c.Chooser = ChooserFunc(func(cid.Cid) (string, bool) { return "", false })
 	})
 	resp := e.refs(t, "r=true&arg="+e.root.String())
 	if resp.Header.Get("Retry-After") == "" {
@@ -411,11 +422,14 @@ func TestPreloadNodeUnreachable(t *testing.T) {
 	deadURL := dead.URL
 	dead.Close()
 	e := newEnv(t, func(c *Config) {
-		c.Chooser = ChooserFunc(func(cid.Cid) (Target, bool) { return Target{URL: deadURL}, true })
+		c.Chooser = ChooserFunc(func(cid.Cid) (string, bool) { return deadURL, true })
 	})
 	msg := wantError(t, e.refs(t, "r=true&arg="+e.root.String()), http.StatusBadGateway)
 	if strings.Contains(msg, deadURL) {
 		t.Fatalf("message %q leaks the node's internal address", msg)
+	}
+	if c := e.sess.begins[0]; c.Node != (Target{URL: deadURL}) {
+		t.Fatalf("without a PeerLookup the session got node %+v", c.Node)
 	}
 	if b, en := e.sess.counts(); b != 1 || en != 1 {
 		t.Fatalf("sessions: %d begun, %d ended", b, en)
@@ -730,7 +744,7 @@ func TestPreloadServerClose(t *testing.T) {
 		<-r.Context().Done()
 	})
 	sess := &recSessions{}
-	h, err := New(Config{Chooser: ChooserFunc(func(cid.Cid) (Target, bool) { return Target{URL: kubo.URL}, true }), Sessions: sess})
+	h, err := New(Config{Chooser: ChooserFunc(func(cid.Cid) (string, bool) { return kubo.URL, true }), Sessions: sess})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -774,7 +788,7 @@ func TestPreloadNewRejects(t *testing.T) {
 	if _, err := New(Config{}); err == nil {
 		t.Fatal("New without a Chooser")
 	}
-	ch := ChooserFunc(func(cid.Cid) (Target, bool) { return Target{}, false })
+	ch := ChooserFunc(func(cid.Cid) (string, bool) { return "", false })
 	if _, err := New(Config{Chooser: ch, Timeout: -1}); err == nil {
 		t.Fatal("negative timeout accepted")
 	}

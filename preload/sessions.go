@@ -7,30 +7,37 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// Target is the downstream node a refs call goes to.
-type Target struct {
-	// URL is the node's RPC API base URL, without /api/v0, e.g.
-	// http://10.0.1.42:5001.
-	URL string
-	// Peer is the node's peer ID as Kitsune's back host knows it. A
-	// Chooser should fill it: the reverse direction recognises the node's
-	// wants by it. Empty means unknown.
-	Peer peer.ID
+// Chooser picks the downstream node for a refs call whose DAG starts at c
+// and returns its RPC API base URL, without /api/v0 (for example
+// http://10.0.1.42:5001). ok is false when no node is usable; the caller
+// then gets 503. downstream.Pool implements it with its selection policy,
+// so a DAG lands on the node its blocks would go to anyway.
+type Chooser interface {
+	ChooseAPI(c cid.Cid) (baseURL string, ok bool)
 }
 
-// Chooser picks the downstream node for a refs call whose DAG starts at c.
-// ok is false when no node is usable; the caller then gets 503. The pool
-// implements it with its selection policy, so a DAG lands on the node its
-// blocks would go to anyway.
-type Chooser interface {
-	ChooseAPI(c cid.Cid) (t Target, ok bool)
+// PeerLookup may be implemented by a Chooser as well, to name the peer ID
+// of the node behind a base URL it returned. The reverse direction
+// recognises the node's wants by that ID, so Call.Node.Peer stays empty
+// without it.
+type PeerLookup interface {
+	PeerOf(baseURL string) (peer.ID, bool)
 }
 
 // ChooserFunc adapts a function to Chooser.
-type ChooserFunc func(c cid.Cid) (Target, bool)
+type ChooserFunc func(c cid.Cid) (string, bool)
 
 // ChooseAPI implements Chooser.
-func (f ChooserFunc) ChooseAPI(c cid.Cid) (Target, bool) { return f(c) }
+func (f ChooserFunc) ChooseAPI(c cid.Cid) (string, bool) { return f(c) }
+
+// Target is the downstream node a refs call goes to.
+type Target struct {
+	// URL is the node's RPC API base URL, as the Chooser returned it.
+	URL string
+	// Peer is the node's peer ID as Kitsune's back host knows it, from the
+	// Chooser's PeerLookup; empty when unknown.
+	Peer peer.ID
+}
 
 // Call is one admitted refs call, as the Sessions hook sees it.
 type Call struct {
@@ -74,7 +81,7 @@ type Call struct {
 //     failed, the Timeout limit, Kitsune shutting down). Until then the
 //     session is live. A nil end is allowed.
 //   - Begin cannot refuse or delay the call. An implementation that will
-//     not open a session (too many already, Node.Peer unknown) returns a
+//     not open a session (too many already, Node.Peer empty) returns a
 //     no-op end: the refs call still runs, and the node can still fetch
 //     whatever the fleet or its other peers have.
 //   - Any grace period after end (wants already in flight, blocks on the
