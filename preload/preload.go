@@ -263,6 +263,9 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, rc *http.R
 	switch cause := context.Cause(ctx); {
 	case readErr == nil:
 		streamErr, outcome = resp.Trailer.Get(streamErrHeader), "done"
+		if resp.StatusCode != http.StatusOK {
+			outcome = "node answered " + resp.Status
+		}
 	case errors.Is(cause, errCallTimeout):
 		streamErr, outcome = fmt.Sprintf("preload call stopped at Kitsune's %v limit", h.timeout), "timeout"
 	case errors.Is(cause, ErrShutdown):

@@ -36,6 +36,8 @@ type runCmd struct {
 	relayFlags `embed:""`
 	poolFlags  `embed:""`
 
+	preloadFlags `embed:""`
+
 	LogLevel string `env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kitsune-lb/kitsune/bitswap"
 	"github.com/kitsune-lb/kitsune/downstream"
+	"github.com/kitsune-lb/kitsune/preload"
 	"github.com/kitsune-lb/kitsune/proxy"
 )
 
@@ -30,6 +31,7 @@ type config struct {
 	KeyFile    string
 	Relay      bitswap.Config
 	Pool       poolConfig
+	Preload    preloadConfig
 }
 
 func (c *runCmd) config() (config, error) {
@@ -54,6 +56,9 @@ func (c *runCmd) config() (config, error) {
 		return config{}, err
 	}
 	cfg.Pool = pc
+	if cfg.Preload, err = c.preloadFlags.config(); err != nil {
+		return config{}, err
+	}
 	if len(cfg.Downstream) == 0 && pc.DNS == nil && pc.File == "" {
 		return config{}, errors.New("no downstream nodes: give -d, --downstream-dns or --downstream-file")
 	}
@@ -117,6 +122,7 @@ type kitsune struct {
 	relay       *bitswap.Relay
 	stop        func()
 	done        chan struct{}
+	preload     *preload.Server
 	// reload re-reads the --downstream-file (on SIGHUP).
 	reload func() error
 }
@@ -156,10 +162,17 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	}
 	relay := bitswap.New(cfg.Relay, bsnet.NewFromIpfsHost(front), bsnet.NewFromIpfsHost(back), pool, log.Named("relay"))
 	pool.SetListener(relay)
+	// No reverse sessions yet (nil): the relay will implement preload.Sessions.
+	pre, err := startPreload(cfg.Preload, pool, nil, log.Named("preload"))
+	if err != nil {
+		front.Close()
+		back.Close()
+		return nil, err
+	}
 
 	runCtx, cancel := context.WithCancel(ctx)
 	relay.Start(runCtx)
-	k := &kitsune{front: front, back: back, pool: pool, relay: relay, done: make(chan struct{})}
+	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -190,12 +203,18 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	for _, a := range proxy.DialableAddrs(front) {
 		fmt.Fprintf(out, "  %s\n", a)
 	}
+	if pre != nil {
+		fmt.Fprintf(out, "Preload API (POST /api/v0/refs) on %s\n", pre.URL())
+	}
 
 	var once sync.Once
 	k.stop = func() {
 		once.Do(func() {
 			go func() {
 				defer close(k.done)
+				pctx, pcancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = pre.Close(pctx) // running refs calls end with an X-Stream-Error
+				pcancel()
 				// Cancel downstream wants while the connections are still up.
 				cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Second)
 				if err := relay.Close(cctx); err != nil {
