@@ -40,19 +40,19 @@ func TestPreloadE2E(t *testing.T) {
 	}
 	refsQuery := "/api/v0/refs?r=true&arg=" + dir.String()
 
-	direct := post(t, node.APIURL+refsQuery, nil)
-	wantRefs := refLines(t, direct)
+	direct := preloadPost(t, node.APIURL+refsQuery, nil)
+	wantRefs := preloadRefs(t, direct)
 	if direct.StatusCode != http.StatusOK || len(wantRefs) < len(tree)+4 {
 		t.Fatalf("direct refs: %d, %d refs", direct.StatusCode, len(wantRefs))
 	}
 
 	t.Run("same refs as the node", func(t *testing.T) {
-		resp := post(t, pre+refsQuery, nil)
+		resp := preloadPost(t, pre+refsQuery, nil)
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
-		if got := refLines(t, resp); !slices.Equal(got, wantRefs) {
-			t.Fatalf("through Kitsune %d refs, directly %d; first %v vs %v", len(got), len(wantRefs), head(got), head(wantRefs))
+		if got := preloadRefs(t, resp); !slices.Equal(got, wantRefs) {
+			t.Fatalf("through Kitsune %d refs, directly %d; first %v vs %v", len(got), len(wantRefs), preloadHead(got), preloadHead(wantRefs))
 		}
 		if ct := resp.Header.Get("Content-Type"); ct != direct.Header.Get("Content-Type") {
 			t.Fatalf("Content-Type %q, node sent %q", ct, direct.Header.Get("Content-Type"))
@@ -65,13 +65,13 @@ func TestPreloadE2E(t *testing.T) {
 		}
 		// The other spellings js-ipfs and Kubo's clients use.
 		for _, q := range []string{"recursive=true&arg=/ipfs/" + dir.String(), "r&u&arg=" + dir.String()} {
-			if got := refLines(t, post(t, pre+"/api/v0/refs?"+q, nil)); !slices.Equal(got, wantRefs) {
+			if got := preloadRefs(t, preloadPost(t, pre+"/api/v0/refs?"+q, nil)); !slices.Equal(got, wantRefs) {
 				t.Fatalf("%s: %d refs, want %d", q, len(got), len(wantRefs))
 			}
 		}
 		// Not recursive: the root's direct links only, as the node says.
 		q := "/api/v0/refs?arg=" + dir.String()
-		if got, want := refLines(t, post(t, pre+q, nil)), refLines(t, post(t, node.APIURL+q, nil)); !slices.Equal(got, want) || len(want) >= len(wantRefs) {
+		if got, want := preloadRefs(t, preloadPost(t, pre+q, nil)), preloadRefs(t, preloadPost(t, node.APIURL+q, nil)); !slices.Equal(got, want) || len(want) >= len(wantRefs) {
 			t.Fatalf("non-recursive: %d refs through Kitsune, %d directly", len(got), len(want))
 		}
 	})
@@ -104,9 +104,9 @@ func TestPreloadE2E(t *testing.T) {
 
 	t.Run("a missing path errs as Kubo reports it", func(t *testing.T) {
 		q := "/api/v0/refs?r=true&arg=/ipfs/" + dir.String() + "/no-such-file"
-		want := post(t, node.APIURL+q, nil)
+		want := preloadPost(t, node.APIURL+q, nil)
 		wantBody, _ := io.ReadAll(want.Body)
-		got := post(t, pre+q, nil)
+		got := preloadPost(t, pre+q, nil)
 		gotBody, _ := io.ReadAll(got.Body)
 		if want.StatusCode < 400 || !strings.Contains(string(wantBody), "no-such-file") {
 			t.Fatalf("the node itself answered %d %s", want.StatusCode, wantBody)
@@ -128,14 +128,14 @@ func TestPreloadE2E(t *testing.T) {
 			"Sec-Fetch-Mode": "cors",
 			"User-Agent":     "Mozilla/5.0",
 		}
-		if resp := post(t, node.APIURL+refsQuery, browser); resp.StatusCode != http.StatusForbidden {
+		if resp := preloadPost(t, node.APIURL+refsQuery, browser); resp.StatusCode != http.StatusForbidden {
 			t.Fatalf("the node itself answered a browser Origin with %d; the test assumes Kubo rejects it", resp.StatusCode)
 		}
-		resp := post(t, pre+refsQuery, browser)
+		resp := preloadPost(t, pre+refsQuery, browser)
 		if resp.StatusCode != http.StatusOK || resp.Header.Get("Access-Control-Allow-Origin") != "*" {
 			t.Fatalf("through Kitsune: %d, Allow-Origin %q", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"))
 		}
-		if got := refLines(t, resp); !slices.Equal(got, wantRefs) {
+		if got := preloadRefs(t, resp); !slices.Equal(got, wantRefs) {
 			t.Fatalf("browser call: %d refs, want %d", len(got), len(wantRefs))
 		}
 		req, _ := http.NewRequest(http.MethodOptions, pre+refsQuery, nil)
@@ -153,11 +153,11 @@ func TestPreloadE2E(t *testing.T) {
 
 	t.Run("nothing else reaches the node", func(t *testing.T) {
 		for _, p := range []string{"/api/v0/shutdown", "/api/v0/refs/local", "/api/v0/id", "/api/v0/config/show", "/api/v0/repo/gc"} {
-			if resp := post(t, pre+p, nil); resp.StatusCode != http.StatusNotFound {
+			if resp := preloadPost(t, pre+p, nil); resp.StatusCode != http.StatusNotFound {
 				t.Fatalf("%s: %d, want 404", p, resp.StatusCode)
 			}
 		}
-		if resp := post(t, pre+"/api/v0/refs?r=true&arg=nonsense", nil); resp.StatusCode != http.StatusBadRequest {
+		if resp := preloadPost(t, pre+"/api/v0/refs?r=true&arg=nonsense", nil); resp.StatusCode != http.StatusBadRequest {
 			t.Fatalf("bad CID: %d", resp.StatusCode)
 		}
 		if ok, err := node.HasBlock(ctx, dir); err != nil || !ok {
@@ -181,7 +181,7 @@ func TestPreloadE2E(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		resp := post(t, pre+refsQuery, nil)
+		resp := preloadPost(t, pre+refsQuery, nil)
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
@@ -194,7 +194,7 @@ func TestPreloadE2E(t *testing.T) {
 				if got == nil {
 					firstAt = time.Since(start)
 				}
-				got = append(got, decodeRef(t, line))
+				got = append(got, preloadDecodeRef(t, line))
 			}
 			if err == io.EOF {
 				break
@@ -230,7 +230,7 @@ func TestPreloadE2E(t *testing.T) {
 	})
 }
 
-func post(t *testing.T, u string, hdr map[string]string) *http.Response {
+func preloadPost(t *testing.T, u string, hdr map[string]string) *http.Response {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, u, nil)
 	if err != nil {
@@ -247,9 +247,9 @@ func post(t *testing.T, u string, hdr map[string]string) *http.Response {
 	return resp
 }
 
-// refLines reads a whole refs answer and returns its refs, failing on any
+// preloadRefs reads a whole refs answer and returns its refs, failing on any
 // error line or trailer.
-func refLines(t *testing.T, resp *http.Response) []string {
+func preloadRefs(t *testing.T, resp *http.Response) []string {
 	t.Helper()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
@@ -261,13 +261,13 @@ func refLines(t *testing.T, resp *http.Response) []string {
 	var refs []string
 	for _, l := range strings.SplitAfter(string(body), "\n") {
 		if l != "" {
-			refs = append(refs, decodeRef(t, l))
+			refs = append(refs, preloadDecodeRef(t, l))
 		}
 	}
 	return refs
 }
 
-func decodeRef(t *testing.T, line string) string {
+func preloadDecodeRef(t *testing.T, line string) string {
 	t.Helper()
 	var r struct{ Ref, Err string }
 	if err := json.Unmarshal([]byte(line), &r); err != nil || r.Err != "" || r.Ref == "" {
@@ -276,4 +276,4 @@ func decodeRef(t *testing.T, line string) string {
 	return r.Ref
 }
 
-func head(s []string) []string { return s[:min(3, len(s))] }
+func preloadHead(s []string) []string { return s[:min(3, len(s))] }
