@@ -327,6 +327,11 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 	defer r.mu.Unlock()
 	u := r.peers[p]
 	if u == nil {
+		if !r.front.IsConnectedToPeer(r.ctx, p) {
+			// The read loop can deliver a last message after the peer's
+			// disconnect was handled; an entry made now would never go.
+			return
+		}
 		u = &upstream{wants: make(map[cid.Cid]struct{}), out: newReplyOutbox(p, r.front, r.log, r.countSent)}
 		r.peers[p] = u
 	}
@@ -359,6 +364,7 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 	case !has && had:
 		r.front.Unprotect(p, wantsTag)
 	}
+	r.drainQueueLocked()
 }
 
 func (r *Relay) countSent(blocks, bytes int) {
@@ -431,9 +437,10 @@ func (r *Relay) dropWantLocked(w *want) {
 		w.cancelFetch()
 		w.cancelFetch = nil
 	}
+	// The caller drains the queue once it has dropped all it drops: doing
+	// it here would hand freed slots to wants about to be dropped too.
 	if w.node != "" {
 		r.unassignLocked(w, downstream.OutcomeCancelled, true)
-		r.drainQueueLocked()
 	}
 }
 
@@ -450,6 +457,7 @@ func (r *Relay) upstreamGone(p peer.ID) {
 		r.removeWanterLocked(p, u, c)
 	}
 	r.front.Unprotect(p, wantsTag)
+	r.drainQueueLocked()
 }
 
 // ---- choosing a node ----
@@ -602,18 +610,28 @@ func (r *Relay) exhaustLocked(w *want) {
 	}
 }
 
-// drainQueueLocked moves queued wants to nodes that have room again.
+// drainQueueLocked moves queued wants to nodes that have room again. It
+// goes through the whole queue once rather than stopping at the first want
+// that queues again: that one may wait for a busy node while the wants
+// behind it could go to an idle one now.
 func (r *Relay) drainQueueLocked() {
-	for e := r.queue.Front(); e != nil; e = r.queue.Front() {
+	for n := r.queue.Len(); n > 0 && r.roomLocked(); n-- {
+		e := r.queue.Front()
 		w := e.Value.(*want)
 		r.queue.Remove(e)
 		w.queued = nil
 		r.dispatchLocked(w)
-		if w.queued != nil {
-			// Still no room anywhere: the rest would queue again too.
-			return
+	}
+}
+
+// roomLocked reports whether any usable node can take another want.
+func (r *Relay) roomLocked() bool {
+	for _, n := range r.nodes {
+		if n.up && n.outstanding < r.cfg.MaxInFlightPerNode {
+			return true
 		}
 	}
+	return false
 }
 
 // ---- downstream side ----
