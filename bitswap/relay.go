@@ -197,6 +197,7 @@ type Counters struct {
 	WantsReceived   atomic.Uint64 // want entries from upstream
 	WantsForwarded  atomic.Uint64 // want entries sent downstream
 	BlocksIn        atomic.Uint64 // blocks received from downstream
+	BytesIn         atomic.Uint64 // block bytes received from downstream
 	BlocksOut       atomic.Uint64 // blocks sent upstream
 	BytesOut        atomic.Uint64 // block bytes sent upstream
 	HavesOut        atomic.Uint64
@@ -208,6 +209,10 @@ type Counters struct {
 	Timeouts        atomic.Uint64 // wants moved off a silent node
 	MissFetches     atomic.Uint64 // nodes asked to fetch a block nobody had
 	MissFetched     atomic.Uint64 // ... that got it
+	// Reverse sessions (preload): the fleet fetching from upstream peers.
+	ReverseWants  atomic.Uint64 // downstream wants forwarded upstream
+	ReverseBlocks atomic.Uint64 // blocks relayed from upstream to the fleet
+	ReverseBytes  atomic.Uint64
 }
 
 // New builds a relay; Start attaches it to the networks.
@@ -671,6 +676,7 @@ func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
 	}
 	for _, b := range msg.Blocks() {
 		r.counters.BlocksIn.Add(1)
+		r.counters.BytesIn.Add(uint64(len(b.RawData())))
 		// bsmsg computed b's CID by hashing its bytes with the prefix the
 		// node sent, so a block matches a want only if its bytes do.
 		w := r.wants[b.Cid()]
