@@ -4,19 +4,26 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	libp2pwebrtc "github.com/libp2p/go-libp2p/p2p/transport/webrtc"
 	"github.com/libp2p/go-libp2p/p2p/transport/websocket"
+	webtransport "github.com/libp2p/go-libp2p/p2p/transport/webtransport"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -28,56 +35,172 @@ const UserAgent = "kitsune/0.1.0"
 type FrontConfig struct {
 	Key         crypto.PrivKey
 	ListenAddrs []ma.Multiaddr
-	// ConnsLow and ConnsHigh are the connection manager's watermarks. A
-	// proxy holds many idle browser connections, so they sit well above a
-	// Kubo node's defaults.
-	ConnsLow, ConnsHigh int
+	// Announce, when set, replaces the listen addresses in identify and
+	// in Addrs: a public DNS name, or a TLS terminator in front
+	// (/dns4/preload.example.org/tcp/443/wss). AppendAnnounce is added to
+	// whichever of the two is used. A /webtransport or /webrtc-direct
+	// address without /certhash gets Kitsune's certificate hashes.
+	Announce, AppendAnnounce []ma.Multiaddr
+	// TLS serves the /tls/ws (/wss) listeners; see LoadTLS.
+	TLS *tls.Config
+	// PSK puts the front host on a private network: only peers holding
+	// the same key complete a connection. Only TCP and WebSocket carry it.
+	PSK pnet.PSK
+	// Limits are the resource manager's; zero fields take DefaultLimits'
+	// values. The connection manager trims idle connections a
+	// little below Limits.Conns.
+	Limits Limits
+	// Relay, when not nil, runs a circuit relay v2 service for upstream
+	// peers that cannot be dialled directly.
+	Relay *RelayConfig
 }
 
-// NewFront builds the upstream-facing host: TCP, QUIC-v1 and WebSocket,
-// Noise and TLS, yamux. No relay, no NAT traversal, no DHT: Kitsune is a
-// server with a known address, and a DHT would leak one swarm into the other.
+// RelayConfig bounds the circuit relay v2 service. Zero fields take
+// go-libp2p's defaults.
+type RelayConfig struct {
+	// MaxReservations is how many peers may hold a relay slot at once.
+	MaxReservations int
+	// MaxCircuits is how many relayed connections one peer may have open.
+	MaxCircuits int
+	// MaxReservationsPerIP is how many slots one IP address may hold.
+	MaxReservationsPerIP int
+	// Duration and Data end a relayed connection after that long or that
+	// many bytes in either direction: the relay is for getting a direct
+	// connection going, not for carrying content.
+	Duration time.Duration
+	Data     int64
+}
+
+func (r RelayConfig) resources() relayv2.Resources {
+	res := relayv2.DefaultResources()
+	if r.MaxReservations > 0 {
+		res.MaxReservations = r.MaxReservations
+	}
+	if r.MaxCircuits > 0 {
+		res.MaxCircuits = r.MaxCircuits
+	}
+	if r.MaxReservationsPerIP > 0 {
+		res.MaxReservationsPerIP = r.MaxReservationsPerIP
+	}
+	if r.Duration > 0 {
+		res.Limit.Duration = r.Duration
+	}
+	if r.Data > 0 {
+		res.Limit.Data = r.Data
+	}
+	return res
+}
+
+// NewFront builds the upstream-facing host: TCP, QUIC-v1, WebSocket (plain
+// and TLS), WebTransport and WebRTC-direct, Noise and TLS, yamux. On a
+// private network only TCP and WebSocket remain, and a listen address for
+// any other transport is an error rather than silently dropped. No NAT
+// traversal, no DHT: Kitsune is a server with a known address, and a DHT
+// would leak one swarm into the other.
 func NewFront(cfg FrontConfig) (host.Host, error) {
-	low, high := cfg.ConnsLow, cfg.ConnsHigh
-	if low <= 0 {
-		low = 1024
+	if err := CheckListenAddrs(cfg.ListenAddrs, len(cfg.PSK) > 0, cfg.TLS != nil); err != nil {
+		return nil, fmt.Errorf("front host: %w", err)
 	}
-	if high <= low {
-		high = low * 2
+	for _, a := range slices.Concat(cfg.Announce, cfg.AppendAnnounce) {
+		if _, err := a.ValueForProtocol(ma.P_P2P); err == nil {
+			return nil, fmt.Errorf("front host: announce address %s: leave out /p2p/; Kitsune adds its own", a)
+		}
 	}
+	limits := cfg.Limits.withDefaults()
+	rm, err := limits.resourceManager()
+	if err != nil {
+		return nil, fmt.Errorf("front host: %w", err)
+	}
+	low, high := limits.connManagerWatermarks()
 	cm, err := connmgr.NewConnManager(low, high, connmgr.WithGracePeriod(time.Minute))
 	if err != nil {
+		rm.Close()
 		return nil, fmt.Errorf("front connection manager: %w", err)
 	}
-	h, err := libp2p.New(
+
+	var wsOpts []any
+	if cfg.TLS != nil {
+		wsOpts = append(wsOpts, websocket.WithTLSConfig(cfg.TLS))
+	}
+	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
 		libp2p.ListenAddrs(cfg.ListenAddrs...),
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(quic.NewTransport),
-		libp2p.Transport(websocket.New),
+		libp2p.Transport(websocket.New, wsOpts...),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.UserAgent(UserAgent),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
-	)
+	}
+	if len(cfg.PSK) > 0 {
+		opts = append(opts, libp2p.PrivateNetwork(cfg.PSK))
+	} else {
+		opts = append(opts,
+			libp2p.Transport(quic.NewTransport),
+			libp2p.Transport(webtransport.New),
+			libp2p.Transport(libp2pwebrtc.New),
+		)
+	}
+	if len(cfg.Announce) > 0 || len(cfg.AppendAnnounce) > 0 {
+		announce, extra := slices.Clone(cfg.Announce), slices.Clone(cfg.AppendAnnounce)
+		opts = append(opts, libp2p.AddrsFactory(func(addrs []ma.Multiaddr) []ma.Multiaddr {
+			if len(announce) > 0 {
+				addrs = slices.Clone(announce)
+			}
+			return append(addrs, extra...)
+		}))
+	}
+	if cfg.Relay != nil {
+		// go-libp2p starts the relay service only once AutoNAT finds the
+		// host publicly reachable. Kitsune runs no AutoNAT: it is a server
+		// whose operator says where it is reachable.
+		opts = append(opts,
+			libp2p.EnableRelayService(relayv2.WithResources(cfg.Relay.resources())),
+			libp2p.ForceReachabilityPublic(),
+		)
+	}
+	h, err := libp2p.New(opts...)
 	if err != nil {
+		rm.Close()
 		return nil, fmt.Errorf("front host: %w", err)
 	}
+	closeWithHost(h, rm)
 	return h, nil
+}
+
+// closeWithHost closes the resource manager when the host closes: go-libp2p
+// closes one it made itself, not one it was given, and its background
+// goroutine would outlive the host.
+func closeWithHost(h host.Host, rm network.ResourceManager) {
+	type doner interface{ Done() <-chan struct{} }
+	if d, ok := h.Network().(doner); ok {
+		go func() {
+			<-d.Done()
+			rm.Close()
+		}()
+	}
+}
+
+// BackConfig describes the downstream-facing host.
+type BackConfig struct {
+	Key crypto.PrivKey
+	// PSK puts the back host on the fleet's private network; it then
+	// dials the nodes over TCP and WebSocket only.
+	PSK pnet.PSK
 }
 
 // NewBack builds the downstream-facing host. It listens nowhere: it dials
 // every Kubo node itself, and Kubo opens its reply streams over those
 // connections.
-func NewBack(key crypto.PrivKey) (host.Host, error) {
-	h, err := libp2p.New(
-		libp2p.Identity(key),
+func NewBack(cfg BackConfig) (host.Host, error) {
+	opts := []libp2p.Option{
+		libp2p.Identity(cfg.Key),
 		libp2p.NoListenAddrs,
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(quic.NewTransport),
 		libp2p.Transport(websocket.New),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
@@ -85,7 +208,13 @@ func NewBack(key crypto.PrivKey) (host.Host, error) {
 		libp2p.UserAgent(UserAgent),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
-	)
+	}
+	if len(cfg.PSK) > 0 {
+		opts = append(opts, libp2p.PrivateNetwork(cfg.PSK))
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
+	}
+	h, err := libp2p.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("back host: %w", err)
 	}
@@ -93,13 +222,27 @@ func NewBack(key crypto.PrivKey) (host.Host, error) {
 }
 
 // DialableAddrs returns the host's addresses with /p2p/<id> appended, as a
-// client would paste them.
+// client would paste them. With announce addresses these are the announced
+// ones.
 func DialableAddrs(h host.Host) []ma.Multiaddr {
+	return withP2P(h, h.Addrs())
+}
+
+// ListenAddrs returns the addresses the host actually listens on (wildcards
+// resolved to interface addresses, certificate hashes included) with
+// /p2p/<id>, whatever it announces.
+func ListenAddrs(h host.Host) []ma.Multiaddr {
+	if a, ok := h.(interface{ AllAddrs() []ma.Multiaddr }); ok {
+		return withP2P(h, a.AllAddrs())
+	}
+	return withP2P(h, h.Network().ListenAddresses())
+}
+
+func withP2P(h host.Host, addrs []ma.Multiaddr) []ma.Multiaddr {
 	p2p, err := ma.NewComponent("p2p", h.ID().String())
 	if err != nil {
 		return nil
 	}
-	addrs := h.Addrs()
 	out := make([]ma.Multiaddr, 0, len(addrs))
 	for _, a := range addrs {
 		out = append(out, a.AppendComponent(p2p))

@@ -34,6 +34,7 @@ type runCmd struct {
 	Key        string   `short:"k" env:"KITSUNE_KEY" default:"kitsune.key" type:"path" help:"Key file holding the front host's identity; created (Ed25519, mode 0600) if missing, never overwritten. The back host's key is kept beside it as <file>.back."`
 
 	relayFlags `embed:""`
+	frontFlags `embed:""`
 	poolFlags  `embed:""`
 
 	preloadFlags `embed:""`

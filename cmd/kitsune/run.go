@@ -32,6 +32,7 @@ type config struct {
 	Relay      bitswap.Config
 	Pool       poolConfig
 	Preload    preloadConfig
+	Front      frontSettings
 }
 
 func (c *runCmd) config() (config, error) {
@@ -79,6 +80,9 @@ func (c *runCmd) config() (config, error) {
 		if a != nil {
 			cfg.Listen = append(cfg.Listen, a)
 		}
+	}
+	if cfg.Front, err = c.frontFlags.config(&cfg.Listen); err != nil {
+		return config{}, err
 	}
 	if len(cfg.Listen) == 0 {
 		return config{}, errors.New("no listen address: give -l or -w")
@@ -141,11 +145,11 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	if err != nil {
 		return nil, err
 	}
-	front, err := proxy.NewFront(proxy.FrontConfig{Key: frontKey, ListenAddrs: cfg.Listen})
+	front, err := proxy.NewFront(cfg.Front.frontConfig(frontKey, cfg.Listen))
 	if err != nil {
 		return nil, err
 	}
-	back, err := proxy.NewBack(backKey)
+	back, err := proxy.NewBack(proxy.BackConfig{Key: backKey, PSK: cfg.Front.BackPSK})
 	if err != nil {
 		front.Close()
 		return nil, err
@@ -199,10 +203,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 
 	fmt.Fprintf(out, "Kitsune peer ID %s\n", front.ID())
 	fmt.Fprintf(out, "Back host peer ID %s (add it to the Kubo nodes' Peering.Peers and Swarm.ResourceMgr.Allowlist)\n", back.ID())
-	fmt.Fprintln(out, "Listening on:")
-	for _, a := range proxy.DialableAddrs(front) {
-		fmt.Fprintf(out, "  %s\n", a)
-	}
+	cfg.Front.printAddrs(out, front)
 	if pre != nil {
 		fmt.Fprintf(out, "Preload API (POST /api/v0/refs) on %s\n", pre.URL())
 	}
