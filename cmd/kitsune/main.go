@@ -21,6 +21,7 @@ import (
 // works unchanged.
 type cli struct {
 	Run runCmd `cmd:"" help:"Run Kitsune (the default command)."`
+	Key keyCmd `cmd:"" help:"Import an existing node's identity into a key file, or show a key file's peer ID."`
 }
 
 // runCmd holds the flags of the proxy itself, one embedded group per part
