@@ -23,8 +23,8 @@ type Limits struct {
 	StreamsPerPeer int
 	// ConnsPerIP caps connections from one IPv4 address or IPv6 /56 (an
 	// IPv6 /48 gets eight times as many). New connections from one address
-	// are also rate limited: 2 × ConnsPerIP at once, then ConnsPerIP a
-	// minute.
+	// are also rate limited: a burst of 2 × ConnsPerIP (at least 8), then
+	// ConnsPerIP a minute.
 	ConnsPerIP int
 	// Networks override ConnsPerIP for whole prefixes: the addresses of a
 	// load balancer or NAT in front of many clients (raise), or a network
@@ -193,12 +193,13 @@ func (l Limits) resourceManager() (network.ResourceManager, error) {
 	return rm, nil
 }
 
-// connRate lets n connections open at once twice over, then n a minute: a
-// page reload or a reconnect after a restart gets through, a flood does not.
+// connRate lets n connections open at once twice over (at least 8, so a
+// small budget's clients can retry after a refusal), then n a minute: a page
+// reload or a reconnect after a restart gets through, a flood does not.
 func connRate(n int) rate.Limit {
 	if n <= 0 {
 		// A blocked network needs no rate: its connection count is 0.
 		return rate.Limit{}
 	}
-	return rate.Limit{RPS: float64(n) / 60, Burst: 2 * n}
+	return rate.Limit{RPS: float64(n) / 60, Burst: max(2*n, 8)}
 }

@@ -393,8 +393,13 @@ func TestPrivateSwarmBridge(t *testing.T) {
 	// A public Kubo node, without the key, cannot complete a connection.
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if err := down.Connect(cctx, k.info(t, "tcp")); err == nil {
+	err = down.Connect(cctx, k.info(t, "tcp"))
+	if err == nil {
 		t.Fatal("a Kubo node without the swarm key connected to Kitsune's private side")
+	}
+	t.Logf("Kubo node without the key: %v", err)
+	if len(k.front.Network().ConnsToPeer(down.ID)) != 0 {
+		t.Fatal("Kitsune's front host holds a connection from the Kubo node without the key")
 	}
 
 	downPeers, err := down.Peers(ctx)
