@@ -71,6 +71,17 @@ type Options struct {
 	// MinTimeout and MaxTimeout bound the per-node want timeout derived
 	// from its latency (1s, 10s).
 	MinTimeout, MaxTimeout time.Duration
+	// Observer, when set, hears how every want ended (metrics).
+	Observer Observer
+}
+
+// Observer hears how each want sent to a node ended, with the time it
+// took: what a per-node latency histogram needs and the pool's counters
+// cannot give. It is called from Done, outside the pool's locks but
+// possibly under the caller's, so it must be quick and must not call back
+// into the pool.
+type Observer interface {
+	WantDone(nodeURL string, o Outcome, latency time.Duration)
 }
 
 func (o *Options) fill() {
@@ -633,6 +644,9 @@ func (p *Pool) Done(id peer.ID, o Outcome, latency time.Duration) {
 	n := p.node(id)
 	if n == nil {
 		return
+	}
+	if p.opts.Observer != nil {
+		defer p.opts.Observer.WantDone(n.URL, o, latency)
 	}
 	n.mu.Lock()
 	if n.inFlight > 0 {

@@ -46,6 +46,8 @@ type Config struct {
 	Client *http.Client
 	// Log is for operator-facing events; nothing is logged when nil.
 	Log *zap.Logger
+	// Observer, when set, hears about every refs call (metrics, status).
+	Observer Observer
 }
 
 // Handler serves POST /api/v0/refs and refuses everything else. Make one
@@ -58,6 +60,7 @@ type Handler struct {
 	client   *http.Client
 	log      *zap.Logger
 	limit    *limiter
+	observer Observer
 }
 
 // New checks cfg and returns a Handler.
@@ -74,6 +77,7 @@ func New(cfg Config) (*Handler, error) {
 		timeout:  cfg.Timeout,
 		client:   cfg.Client,
 		log:      cfg.Log,
+		observer: cfg.Observer,
 	}
 	for _, p := range cfg.TrustedProxies {
 		h.trusted = append(h.trusted, p.Masked())
@@ -151,6 +155,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, http.StatusMethodNotAllowed, codeClient, "method "+r.Method+" not allowed: use POST")
 		return
 	}
+	start := time.Now()
+	res := CallResult{Outcome: OutcomeBadRequest, Status: http.StatusBadRequest}
+	if h.observer != nil {
+		defer func() {
+			res.Duration = time.Since(start)
+			h.observer.CallFinished(res)
+		}()
+	}
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		h.refuse(w, http.StatusBadRequest, codeClient, "bad query string: "+err.Error())
@@ -162,9 +174,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	client := clientIP(r, h.trusted)
+	res.Call = Call{Root: req.root, Path: req.path, MaxDepth: req.maxDepth(), Client: client}
 	release, ok := h.limit.acquire(client)
 	if !ok {
 		hdr.Set("Retry-After", "5")
+		res.Outcome, res.Status = OutcomeRateLimited, http.StatusTooManyRequests
 		h.refuse(w, http.StatusTooManyRequests, codeRateLimited, "too many concurrent refs calls from this address")
 		return
 	}
@@ -172,6 +186,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	base, ok := h.chooser.ChooseAPI(req.root)
 	if !ok || base == "" {
 		hdr.Set("Retry-After", "5")
+		res.Outcome, res.Status = OutcomeNoNode, http.StatusServiceUnavailable
 		h.refuse(w, http.StatusServiceUnavailable, codeNormal, "no downstream node available")
 		return
 	}
@@ -185,23 +200,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	_ = rc.SetWriteDeadline(time.Now().Add(h.timeout + writeGrace))
 	call := Call{Root: req.root, Path: req.path, MaxDepth: req.maxDepth(), Node: target, Client: client}
+	res.Call, res.Admitted = call, true
+	if h.observer != nil {
+		h.observer.CallStarted(call)
+	}
 	if end := h.sessions.Begin(call); end != nil {
 		defer end()
 	}
-	start := time.Now()
-	outcome := h.forward(ctx, w, rc, target, req)
-	h.log.Debug("refs call", zap.Stringer("root", req.root), zap.String("node", target.URL),
-		zap.Stringer("client", client), zap.Duration("took", time.Since(start)), zap.String("outcome", outcome))
+	var outcome string
+	outcome, res.Status = h.forward(ctx, w, rc, target, req)
+	res.Outcome = outcomeOf(outcome)
+	h.log.Info("preload call finished", zap.Stringer("root", req.root), zap.String("node", target.URL),
+		zap.Stringer("client", client), zap.Duration("took", time.Since(start)), zap.String("outcome", outcome),
+		zap.Int("status", res.Status))
 }
 
 // forward makes the call to the node and relays its answer. It returns a
-// word for the log.
-func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, rc *http.ResponseController, t Target, req refsRequest) string {
+// word for the log and the status sent to the client (0 when none was).
+func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, rc *http.ResponseController, t Target, req refsRequest) (string, int) {
 	out, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(t.URL, "/")+RefsPath+"?"+req.query(), nil)
 	if err != nil {
 		h.log.Error("bad downstream URL", zap.String("node", t.URL), zap.Error(err))
 		h.refuse(w, http.StatusBadGateway, codeNormal, "downstream node misconfigured")
-		return "bad node URL"
+		return "bad node URL", http.StatusBadGateway
 	}
 	out.Header.Set("User-Agent", "kitsune-preload")
 	resp, err := h.client.Do(out)
@@ -209,16 +230,16 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, rc *http.R
 		switch cause := context.Cause(ctx); {
 		case errors.Is(cause, errCallTimeout):
 			h.refuse(w, http.StatusGatewayTimeout, codeNormal, fmt.Sprintf("no answer from the downstream node within %v", h.timeout))
-			return "timeout before answer"
+			return "timeout before answer", http.StatusGatewayTimeout
 		case errors.Is(cause, ErrShutdown):
 			h.refuse(w, http.StatusServiceUnavailable, codeNormal, "Kitsune is shutting down")
-			return "shutdown"
+			return "shutdown", http.StatusServiceUnavailable
 		case cause != nil:
-			return "client gone"
+			return "client gone", 0
 		}
 		h.log.Warn("downstream refs call failed", zap.String("node", t.URL), zap.Error(err))
 		h.refuse(w, http.StatusBadGateway, codeNormal, "downstream node unreachable")
-		return "node unreachable"
+		return "node unreachable", http.StatusBadGateway
 	}
 	defer resp.Body.Close()
 
@@ -241,11 +262,11 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, rc *http.R
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
 			if _, werr := w.Write(line); werr != nil {
-				return "client gone"
+				return "client gone", resp.StatusCode
 			}
 			if err == nil {
 				if rc.Flush() != nil {
-					return "client gone"
+					return "client gone", resp.StatusCode
 				}
 			}
 		}
@@ -271,7 +292,7 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, rc *http.R
 	case errors.Is(cause, ErrShutdown):
 		streamErr, outcome = "preload call stopped: Kitsune is shutting down", "shutdown"
 	case cause != nil:
-		return "client gone"
+		return "client gone", resp.StatusCode
 	default:
 		h.log.Warn("downstream refs answer broke off", zap.String("node", t.URL), zap.Error(readErr))
 		streamErr, outcome = "downstream node connection lost", "node lost"
@@ -284,7 +305,7 @@ func (h *Handler) forward(ctx context.Context, w http.ResponseWriter, rc *http.R
 			outcome = "done with stream error"
 		}
 	}
-	return outcome
+	return outcome, resp.StatusCode
 }
 
 // preflight answers a CORS preflight: any origin may POST, with whatever
