@@ -123,24 +123,27 @@ type wantOp struct {
 	priority int32
 }
 
-// wantOutbox batches wantlist changes for one downstream node over a
-// long-lived stream, the way boxo's client message queue does. Only the
+// wantOutbox batches wantlist changes for one peer over a long-lived
+// stream, the way boxo's client message queue does: wants to a downstream
+// node, or, for reverse sessions, wants to an upstream peer. Only the
 // newest operation per CID is kept: a want followed by its cancel before
-// the batch leaves becomes just the cancel.
+// the batch leaves becomes just the cancel. It also carries the replies to
+// the peer's own wants (DONT_HAVE, and in reverse sessions HAVE and blocks).
 type wantOutbox struct {
 	to  peer.ID
 	net bsnet.BitSwapNetwork
 	log *zap.Logger
 
-	mu      sync.Mutex
-	ops     map[cid.Cid]wantOp
-	dont    []cid.Cid // DONT_HAVE replies to the node's own wants
-	running bool
-	sender  bsnet.MessageSender
+	mu       sync.Mutex
+	ops      map[cid.Cid]wantOp
+	presence map[cid.Cid]pb.Message_BlockPresenceType
+	blocks   []blocks.Block
+	running  bool
+	sender   bsnet.MessageSender
 }
 
 func newWantOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger) *wantOutbox {
-	return &wantOutbox{to: to, net: net, log: log, ops: make(map[cid.Cid]wantOp)}
+	return &wantOutbox{to: to, net: net, log: log, ops: make(map[cid.Cid]wantOp), presence: make(map[cid.Cid]pb.Message_BlockPresenceType)}
 }
 
 func (o *wantOutbox) want(ctx context.Context, c cid.Cid, t pb.Message_Wantlist_WantType, prio int32) {
@@ -160,7 +163,24 @@ func (o *wantOutbox) cancel(ctx context.Context, c cid.Cid) {
 func (o *wantOutbox) dontHave(ctx context.Context, cs []cid.Cid) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.dont = append(o.dont, cs...)
+	for _, c := range cs {
+		o.presence[c] = pb.Message_DontHave
+	}
+	o.kickLocked(ctx)
+}
+
+func (o *wantOutbox) have(ctx context.Context, c cid.Cid) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.presence[c] = pb.Message_Have
+	o.kickLocked(ctx)
+}
+
+func (o *wantOutbox) block(ctx context.Context, b blocks.Block) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.presence, b.Cid())
+	o.blocks = append(o.blocks, b)
 	o.kickLocked(ctx)
 }
 
@@ -170,7 +190,8 @@ func (o *wantOutbox) reset() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	clear(o.ops)
-	o.dont = nil
+	clear(o.presence)
+	o.blocks = nil
 	if o.sender != nil {
 		_ = o.sender.Reset()
 		o.sender = nil
@@ -192,7 +213,7 @@ const maxEntriesPerMessage = 4096
 func (o *wantOutbox) run(ctx context.Context) {
 	for {
 		o.mu.Lock()
-		if ctx.Err() != nil || (len(o.ops) == 0 && len(o.dont) == 0) {
+		if ctx.Err() != nil || (len(o.ops) == 0 && len(o.presence) == 0 && len(o.blocks) == 0) {
 			o.running = false
 			o.mu.Unlock()
 			return
@@ -213,10 +234,21 @@ func (o *wantOutbox) run(ctx context.Context) {
 			delete(o.ops, c)
 			n++
 		}
-		for _, c := range o.dont {
-			msg.AddDontHave(c)
+		for c, t := range o.presence {
+			msg.AddBlockPresence(c, t)
 		}
-		o.dont = nil
+		clear(o.presence)
+		size, nb := 0, 0
+		for nb < len(o.blocks) && (nb == 0 || size+len(o.blocks[nb].RawData()) <= targetMessageBytes) {
+			msg.AddBlock(o.blocks[nb])
+			size += len(o.blocks[nb].RawData())
+			nb++
+		}
+		clear(o.blocks[:nb])
+		o.blocks = o.blocks[nb:]
+		if len(o.blocks) == 0 {
+			o.blocks = nil
+		}
 		sender := o.sender
 		o.mu.Unlock()
 

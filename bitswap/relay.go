@@ -156,6 +156,8 @@ func (w *want) priority() int32 {
 type upstream struct {
 	wants map[cid.Cid]struct{}
 	out   *replyOutbox
+	// reverse carries Kitsune's own wants to this peer (reverse sessions).
+	reverse *wantOutbox
 }
 
 type node struct {
@@ -188,6 +190,11 @@ type Relay struct {
 	nodes map[peer.ID]*node
 	queue *list.List // of *want waiting for a node with room
 	hints hintCache  // which node last said HAVE for a CID
+
+	// Reverse sessions (preload): see reverse.go.
+	sessions map[*session]struct{}
+	auth     map[cid.Cid]map[*session]struct{}
+	reverse  map[cid.Cid]*rwant
 
 	counters Counters
 }
@@ -229,6 +236,10 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 		nodes: make(map[peer.ID]*node),
 		queue: list.New(),
 		hints: newHintCache(4096),
+
+		sessions: make(map[*session]struct{}),
+		auth:     make(map[cid.Cid]map[*session]struct{}),
+		reverse:  make(map[cid.Cid]*rwant),
 	}
 }
 
@@ -284,13 +295,21 @@ type Stats struct {
 	Peers       int
 	Queued      int
 	Outstanding map[peer.ID]int
+	// Reverse sessions: open sessions, CIDs they authorise, and wants
+	// from the fleet waiting on upstream peers.
+	Sessions     int
+	Authorised   int
+	ReverseWants int
 }
 
 // Stats returns the current table sizes.
 func (r *Relay) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := Stats{Wants: len(r.wants), Peers: len(r.peers), Queued: r.queue.Len(), Outstanding: make(map[peer.ID]int)}
+	s := Stats{
+		Wants: len(r.wants), Peers: len(r.peers), Queued: r.queue.Len(), Outstanding: make(map[peer.ID]int),
+		Sessions: len(r.sessions), Authorised: len(r.auth), ReverseWants: len(r.reverse),
+	}
 	for id, n := range r.nodes {
 		s.Outstanding[id] = n.outstanding
 	}
@@ -323,13 +342,20 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		return
 	}
 	entries := msg.Wantlist()
-	if len(entries) == 0 && !msg.Full() {
-		// Blocks and presences from upstream are not for us: Kitsune
-		// relays one way.
+	replies := len(msg.Blocks()) > 0 || len(msg.BlockPresences()) > 0
+	if len(entries) == 0 && !msg.Full() && !replies {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if replies {
+		// Blocks and presences from upstream only ever answer a reverse
+		// session's wants; anything else is dropped there.
+		r.fromUpstreamRepliesLocked(p, msg)
+	}
+	if len(entries) == 0 && !msg.Full() {
+		return
+	}
 	u := r.peers[p]
 	if u == nil {
 		if !r.front.IsConnectedToPeer(r.ctx, p) {
@@ -458,6 +484,10 @@ func (r *Relay) upstreamGone(p peer.ID) {
 	}
 	delete(r.peers, p)
 	u.out.close()
+	if u.reverse != nil {
+		u.reverse.reset()
+	}
+	r.reversePeerGoneLocked(p)
 	for c := range u.wants {
 		r.removeWanterLocked(p, u, c)
 	}
@@ -657,20 +687,25 @@ func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
 	if !r.down.IsNode(from) {
 		return
 	}
-	// A Kubo node asks every connected peer for what it fetches, Kitsune's
-	// back host included. Kitsune serves nothing downstream, so say so at
-	// once rather than let the node wait for a timeout.
-	var dont []cid.Cid
-	for _, e := range msg.Wantlist() {
-		if !e.Cancel && e.SendDontHave {
-			dont = append(dont, e.Cid)
-		}
-	}
-
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.nodeLocked(from)
 	n.lastHeard = time.Now()
+	// A Kubo node asks every connected peer for what it fetches, Kitsune's
+	// back host included. Only a reverse session lets such a want through
+	// to upstream peers; for anything else Kitsune says DONT_HAVE at once
+	// rather than let the node wait for a timeout.
+	var dont []cid.Cid
+	for _, e := range msg.Wantlist() {
+		switch s := r.sessionForLocked(from, e.Cid); {
+		case e.Cancel:
+			r.reverseCancelLocked(from, e.Cid)
+		case s != nil:
+			r.reverseWantLocked(from, e, s)
+		case e.SendDontHave:
+			dont = append(dont, e.Cid)
+		}
+	}
 	if len(dont) > 0 {
 		n.out.dontHave(r.ctx, dont)
 	}

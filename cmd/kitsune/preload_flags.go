@@ -14,6 +14,7 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 	"go.uber.org/zap"
 
+	"github.com/kitsune-lb/kitsune/bitswap"
 	"github.com/kitsune-lb/kitsune/downstream"
 	"github.com/kitsune-lb/kitsune/preload"
 )
@@ -24,6 +25,7 @@ type preloadFlags struct {
 	Preload               string        `short:"p" name:"preload" env:"KITSUNE_PRELOAD" placeholder:"[HOST:]PORT" help:"Serve the js-ipfs preload API (POST /api/v0/refs, nothing else) on this port, or host:port, or TCP multiaddr. A bare port listens on all interfaces; empty or 0 (the default) turns it off."`
 	PreloadMaxPerIP       int           `name:"preload-max-per-ip" env:"KITSUNE_PRELOAD_MAX_PER_IP" default:"4" help:"Concurrent preload calls per client IP (per /64 for IPv6); more get 429."`
 	PreloadTimeout        time.Duration `name:"preload-timeout" env:"KITSUNE_PRELOAD_TIMEOUT" default:"5m" help:"Longest preload call; it then ends with an X-Stream-Error (504 if the node sent nothing yet)."`
+	PreloadGrace          time.Duration `name:"preload-grace" env:"KITSUNE_PRELOAD_GRACE" default:"10s" help:"How long a preload call's reverse session (the fleet fetching the DAG from the caller) stays open after the call ends."`
 	PreloadTrustedProxies []string      `name:"preload-trusted-proxies" env:"KITSUNE_PRELOAD_TRUSTED_PROXIES" sep:"," placeholder:"CIDR" help:"Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the preload client; from anyone else it is ignored."`
 }
 
@@ -32,7 +34,11 @@ type preloadConfig struct {
 	Addr           string
 	MaxPerIP       int
 	Timeout        time.Duration
+	Grace          time.Duration
 	TrustedProxies []netip.Prefix
+	// Observer hears about every call (metrics); nil when the admin port
+	// is off.
+	Observer preload.Observer
 }
 
 func (f *preloadFlags) config() (preloadConfig, error) {
@@ -40,7 +46,10 @@ func (f *preloadFlags) config() (preloadConfig, error) {
 	if err != nil {
 		return preloadConfig{}, fmt.Errorf("-p/--preload %q: %w", f.Preload, err)
 	}
-	pc := preloadConfig{Addr: addr, MaxPerIP: f.PreloadMaxPerIP, Timeout: f.PreloadTimeout}
+	pc := preloadConfig{Addr: addr, MaxPerIP: f.PreloadMaxPerIP, Timeout: f.PreloadTimeout, Grace: f.PreloadGrace}
+	if f.PreloadGrace < 0 {
+		return preloadConfig{}, fmt.Errorf("--preload-grace must not be negative, got %v", f.PreloadGrace)
+	}
 	if f.PreloadMaxPerIP <= 0 {
 		return preloadConfig{}, fmt.Errorf("--preload-max-per-ip must be positive, got %d", f.PreloadMaxPerIP)
 	}
@@ -114,6 +123,7 @@ func startPreload(cfg preloadConfig, pool *downstream.Pool, sessions preload.Ses
 		Timeout:        cfg.Timeout,
 		TrustedProxies: cfg.TrustedProxies,
 		Log:            log,
+		Observer:       cfg.Observer,
 	})
 	if err != nil {
 		return nil, err
@@ -140,7 +150,21 @@ func (p poolChooser) PeerOf(url string) (peer.ID, bool) {
 	return "", false
 }
 
+// reverseSessions opens a relay reverse session for each preload call, so
+// the node the call went to can fetch the DAG from the caller through
+// Kitsune.
+type reverseSessions struct {
+	relay *bitswap.Relay
+	grace time.Duration
+}
+
+// Begin implements preload.Sessions.
+func (r reverseSessions) Begin(call preload.Call) func() {
+	return r.relay.BeginReverse(call.Root, call.Node.Peer, call.Client, r.grace)
+}
+
 var (
+	_ preload.Sessions   = reverseSessions{}
 	_ preload.Chooser    = poolChooser{}
 	_ preload.PeerLookup = poolChooser{}
 )

@@ -166,8 +166,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	}
 	relay := bitswap.New(cfg.Relay, bsnet.NewFromIpfsHost(front), bsnet.NewFromIpfsHost(back), pool, log.Named("relay"))
 	pool.SetListener(relay)
-	// No reverse sessions yet (nil): the relay will implement preload.Sessions.
-	pre, err := startPreload(cfg.Preload, pool, nil, log.Named("preload"))
+	pre, err := startPreload(cfg.Preload, pool, reverseSessions{relay, cfg.Preload.Grace}, log.Named("preload"))
 	if err != nil {
 		front.Close()
 		back.Close()

@@ -1,0 +1,332 @@
+package bitswap
+
+import (
+	"net/netip"
+	"time"
+
+	bsmsg "github.com/ipfs/boxo/bitswap/message"
+	pb "github.com/ipfs/boxo/bitswap/message/pb"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	manet "github.com/multiformats/go-multiaddr/net"
+	"go.uber.org/zap"
+)
+
+// Reverse sessions let the fleet fetch a DAG *from* upstream peers: the
+// js-ipfs preload call. Kitsune relays one way by default; a refs call on
+// the preload port opens a session that authorises its root CID for the
+// node the call went to, and each block that comes back authorises its
+// links, so exactly that DAG can flow downstream and nothing else.
+
+// Limits of the reverse direction.
+const (
+	// maxSessions bounds open sessions; past it a refs call still runs,
+	// one way only.
+	maxSessions = 1024
+	// maxSessionCIDs bounds the CIDs one session authorises.
+	maxSessionCIDs = 1 << 18
+)
+
+type session struct {
+	root   cid.Cid
+	node   peer.ID
+	client netip.Addr
+	cids   map[cid.Cid]struct{}
+}
+
+// rwant is one CID a fleet node wants from upstream.
+type rwant struct {
+	c      cid.Cid
+	nodes  map[peer.ID]wanter // fleet nodes waiting for it
+	asked  map[peer.ID]bool   // upstream peers asked; true once want-block went
+	haves  map[peer.ID]struct{}
+	dont   map[peer.ID]struct{}
+	placed bool // a want-block is out
+}
+
+// BeginReverse opens a reverse session for root on node, for a preload
+// call from client. The returned end closes it after grace; wants still
+// open then are cancelled upstream.
+func (r *Relay) BeginReverse(root cid.Cid, node peer.ID, client netip.Addr, grace time.Duration) (end func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.sessions) >= maxSessions || node == "" {
+		return func() {}
+	}
+	s := &session{root: root, node: node, client: client.Unmap(), cids: make(map[cid.Cid]struct{})}
+	r.sessions[s] = struct{}{}
+	r.authoriseLocked(s, root)
+	ended := false
+	return func() {
+		r.mu.Lock()
+		if ended {
+			r.mu.Unlock()
+			return
+		}
+		ended = true
+		r.mu.Unlock()
+		if grace <= 0 {
+			r.endSession(s)
+			return
+		}
+		time.AfterFunc(grace, func() { r.endSession(s) })
+	}
+}
+
+func (r *Relay) authoriseLocked(s *session, c cid.Cid) {
+	if len(s.cids) >= maxSessionCIDs {
+		return
+	}
+	if _, ok := s.cids[c]; ok {
+		return
+	}
+	s.cids[c] = struct{}{}
+	set := r.auth[c]
+	if set == nil {
+		set = make(map[*session]struct{}, 1)
+		r.auth[c] = set
+	}
+	set[s] = struct{}{}
+}
+
+func (r *Relay) endSession(s *session) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.sessions[s]; !ok {
+		return
+	}
+	delete(r.sessions, s)
+	for c := range s.cids {
+		if set := r.auth[c]; set != nil {
+			delete(set, s)
+			if len(set) == 0 {
+				delete(r.auth, c)
+			}
+		}
+	}
+	// Wants no session covers any more are withdrawn upstream.
+	for c, rw := range r.reverse {
+		for n := range rw.nodes {
+			if r.sessionForLocked(n, c) == nil {
+				delete(rw.nodes, n)
+			}
+		}
+		if len(rw.nodes) == 0 {
+			r.dropReverseLocked(rw)
+			delete(r.reverse, c)
+		}
+	}
+}
+
+// sessionForLocked returns a session that authorises node to want c.
+func (r *Relay) sessionForLocked(node peer.ID, c cid.Cid) *session {
+	for s := range r.auth[c] {
+		if s.node == node {
+			return s
+		}
+	}
+	return nil
+}
+
+// reverseWantLocked handles a want from a fleet node for an authorised CID:
+// it goes first to the upstream peers at the refs caller's address, and
+// otherwise as want-have to every upstream peer, want-block to the first
+// that says HAVE.
+func (r *Relay) reverseWantLocked(node peer.ID, e bsmsg.Entry, s *session) {
+	rw := r.reverse[e.Cid]
+	if rw != nil {
+		rw.nodes[node] = wanter{wantType: e.WantType, sendDontHave: e.SendDontHave}
+		return
+	}
+	rw = &rwant{
+		c:     e.Cid,
+		nodes: map[peer.ID]wanter{node: {wantType: e.WantType, sendDontHave: e.SendDontHave}},
+		asked: make(map[peer.ID]bool),
+		haves: make(map[peer.ID]struct{}),
+		dont:  make(map[peer.ID]struct{}),
+	}
+	peers := r.front.Host().Network().Peers()
+	var same []peer.ID
+	for _, p := range peers {
+		if s.client.IsValid() && peerAt(r.front.Host().Network(), p, s.client) {
+			same = append(same, p)
+		}
+	}
+	switch {
+	case len(same) > 0:
+		for _, p := range same {
+			r.upstreamWantsLocked(p).want(r.ctx, e.Cid, pb.Message_Wantlist_Block, 0)
+			rw.asked[p] = true
+		}
+		rw.placed = true
+	case len(peers) > 0:
+		for _, p := range peers {
+			r.upstreamWantsLocked(p).want(r.ctx, e.Cid, pb.Message_Wantlist_Have, 0)
+			rw.asked[p] = false
+		}
+	default:
+		r.reverseMissLocked(rw)
+		return
+	}
+	r.reverse[e.Cid] = rw
+	r.counters.ReverseWants.Add(1)
+}
+
+// peerAt reports whether any connection to p comes from addr.
+func peerAt(n network.Network, p peer.ID, addr netip.Addr) bool {
+	for _, c := range n.ConnsToPeer(p) {
+		ip, err := manet.ToIP(c.RemoteMultiaddr())
+		if err != nil {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(ip); ok && a.Unmap() == addr {
+			return true
+		}
+	}
+	return false
+}
+
+// upstreamWantsLocked is the outbox for wants Kitsune itself sends to an
+// upstream peer.
+func (r *Relay) upstreamWantsLocked(p peer.ID) *wantOutbox {
+	u := r.peers[p]
+	if u == nil {
+		u = &upstream{wants: make(map[cid.Cid]struct{}), out: newReplyOutbox(p, r.front, r.log, r.countSent)}
+		r.peers[p] = u
+	}
+	if u.reverse == nil {
+		u.reverse = newWantOutbox(p, r.front, r.log)
+	}
+	return u.reverse
+}
+
+// reverseMissLocked answers the fleet nodes that asked for DONT_HAVE.
+func (r *Relay) reverseMissLocked(rw *rwant) {
+	for n, wr := range rw.nodes {
+		if wr.sendDontHave {
+			r.nodeLocked(n).out.dontHave(r.ctx, []cid.Cid{rw.c})
+		}
+	}
+}
+
+// dropReverseLocked cancels rw at every upstream peer it was sent to.
+func (r *Relay) dropReverseLocked(rw *rwant) {
+	for p := range rw.asked {
+		if u := r.peers[p]; u != nil && u.reverse != nil {
+			u.reverse.cancel(r.ctx, rw.c)
+		}
+	}
+}
+
+func (r *Relay) reverseCancelLocked(node peer.ID, c cid.Cid) {
+	rw := r.reverse[c]
+	if rw == nil {
+		return
+	}
+	delete(rw.nodes, node)
+	if len(rw.nodes) == 0 {
+		r.dropReverseLocked(rw)
+		delete(r.reverse, c)
+	}
+}
+
+// fromUpstreamReplies handles blocks and presences an upstream peer sent in
+// answer to reverse wants; anything else from upstream is ignored.
+func (r *Relay) fromUpstreamRepliesLocked(p peer.ID, msg bsmsg.BitSwapMessage) {
+	for _, b := range msg.Blocks() {
+		rw := r.reverse[b.Cid()]
+		if rw == nil {
+			continue
+		}
+		r.reverseBlockLocked(rw, b)
+	}
+	for _, c := range msg.Haves() {
+		rw := r.reverse[c]
+		if rw == nil {
+			continue
+		}
+		if _, ok := rw.asked[p]; !ok {
+			continue
+		}
+		rw.haves[p] = struct{}{}
+		if !rw.placed {
+			rw.placed = true
+			rw.asked[p] = true
+			r.upstreamWantsLocked(p).want(r.ctx, c, pb.Message_Wantlist_Block, 0)
+		}
+	}
+	for _, c := range msg.DontHaves() {
+		rw := r.reverse[c]
+		if rw == nil {
+			continue
+		}
+		if _, ok := rw.asked[p]; !ok {
+			continue
+		}
+		rw.dont[p] = struct{}{}
+		delete(rw.haves, p)
+		r.reverseRetryLocked(rw, p)
+	}
+}
+
+// reverseRetryLocked moves a want-block off peer p that cannot serve it,
+// to another peer that said HAVE, or gives up when every peer asked said
+// DONT_HAVE.
+func (r *Relay) reverseRetryLocked(rw *rwant, p peer.ID) {
+	if rw.asked[p] {
+		rw.placed = false
+		for q := range rw.haves {
+			rw.placed = true
+			rw.asked[q] = true
+			r.upstreamWantsLocked(q).want(r.ctx, rw.c, pb.Message_Wantlist_Block, 0)
+			break
+		}
+	}
+	if len(rw.dont) < len(rw.asked) {
+		return
+	}
+	r.reverseMissLocked(rw)
+	r.dropReverseLocked(rw)
+	delete(r.reverse, rw.c)
+}
+
+// reverseBlockLocked delivers a block from upstream to the fleet nodes that
+// want it and authorises its links in their sessions. Its CID was computed
+// from its bytes when the message was parsed, so it is the block wanted.
+func (r *Relay) reverseBlockLocked(rw *rwant, b blocks.Block) {
+	links, err := Links(b.Cid(), b.RawData())
+	if err != nil {
+		r.log.Debug("reverse block links", zap.Error(err))
+	}
+	for n := range rw.nodes {
+		r.nodeLocked(n).out.block(r.ctx, b)
+		r.counters.ReverseBlocks.Add(1)
+		r.counters.ReverseBytes.Add(uint64(len(b.RawData())))
+		if s := r.sessionForLocked(n, rw.c); s != nil {
+			for _, l := range links {
+				r.authoriseLocked(s, l)
+			}
+		}
+	}
+	for p, block := range rw.asked {
+		// Cancel where it was asked and not just answered with it.
+		if u := r.peers[p]; u != nil && u.reverse != nil && (!block || len(rw.asked) > 1) {
+			u.reverse.cancel(r.ctx, rw.c)
+		}
+	}
+	delete(r.reverse, rw.c)
+}
+
+// reversePeerGoneLocked forgets an upstream peer that disconnected.
+func (r *Relay) reversePeerGoneLocked(p peer.ID) {
+	for _, rw := range r.reverse {
+		if _, ok := rw.asked[p]; !ok {
+			continue
+		}
+		rw.dont[p] = struct{}{}
+		delete(rw.haves, p)
+		r.reverseRetryLocked(rw, p)
+	}
+}
