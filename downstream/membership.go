@@ -75,23 +75,28 @@ func (d DNSSource) Resolve(ctx context.Context) ([]string, error) {
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	ips, err := r.LookupIPAddr(ctx, host)
-	if err != nil {
-		var dnsErr *net.DNSError
-		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-			// An authoritative "no such name": the fleet is empty (a
-			// Service scaled to zero), not unreachable.
-			return nil, nil
-		}
-		return nil, fmt.Errorf("resolve %s: %w", host, err)
-	}
 	scheme := d.Scheme
 	if scheme == "" {
 		scheme = "http"
 	}
-	out := make([]string, 0, len(ips))
-	for _, ip := range ips {
-		out = append(out, scheme+"://"+net.JoinHostPort(ip.IP.String(), port))
+	// One lookup per family: a combined lookup returns what it got when
+	// only one family fails, and that partial answer would drop the other
+	// family's nodes from the fleet.
+	var out []string
+	for _, family := range []string{"ip4", "ip6"} {
+		ips, err := r.LookupNetIP(ctx, family, host)
+		if err != nil {
+			var dnsErr *net.DNSError
+			if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+				// An authoritative "no such name" (or no records of this
+				// family): none here, rather than unreachable.
+				continue
+			}
+			return nil, fmt.Errorf("resolve %s (%s): %w", host, family, err)
+		}
+		for _, ip := range ips {
+			out = append(out, scheme+"://"+net.JoinHostPort(ip.Unmap().String(), port))
+		}
 	}
 	slices.Sort(out)
 	return slices.Compact(out), nil

@@ -531,7 +531,6 @@ func TestDNSWatchFirstLookupFails(t *testing.T) {
 // ones for a while (one family's upstream is down). That is a failed
 // lookup, not an answer without IPv6 nodes: the IPv6 members must stay.
 func TestDNSWatchPartialFailure(t *testing.T) {
-	knownBug(t, "a lookup where only AAAA fails drops the IPv6 members")
 	srv := newTestDNS(t, testDNSName)
 	srv.set(dnsAnswer, "10.0.1.42", "fd00::2")
 	p := newTestPool(t, Options{})

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -179,6 +180,19 @@ func preferSameHost(apiURL string, addrs []ma.Multiaddr) []ma.Multiaddr {
 		return direct
 	}
 	host := u.Hostname()
+	if lh := strings.ToLower(host); lh == "localhost" || strings.HasSuffix(lh, ".localhost") {
+		// localhost is loopback by definition, not a name a node lists.
+		var loop []ma.Multiaddr
+		for _, a := range direct {
+			if manet.IsIPLoopback(a) {
+				loop = append(loop, a)
+			}
+		}
+		if len(loop) > 0 {
+			return loop
+		}
+		return direct
+	}
 	ip := net.ParseIP(host)
 	var same []ma.Multiaddr
 	for _, a := range direct {

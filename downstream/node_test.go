@@ -70,7 +70,6 @@ func TestPreferSameHost(t *testing.T) {
 // "some other machine's loopback" and the node can never be connected
 // ("/api/v0/id lists no usable swarm address").
 func TestPreferSameHostLocalhost(t *testing.T) {
-	knownBug(t, "preferSameHost drops loopback addresses for an API at http://localhost")
 	in := maddrs(t, "/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1", "/ip6/::1/tcp/4001")
 	got := preferSameHost("http://localhost:5001", in)
 	if len(got) == 0 {

@@ -83,7 +83,7 @@ func (a *Affinity) Select(cands []Candidate, c cid.Cid) Candidate {
 		h := fnv.New64a()
 		h.Write(mh)
 		h.Write([]byte(cand.ID))
-		rs[i] = ranked{cand, h.Sum64()}
+		rs[i] = ranked{cand, mix64(h.Sum64())}
 		total += cand.InFlight
 	}
 	slices.SortFunc(rs, func(x, y ranked) int {
@@ -104,6 +104,19 @@ func (a *Affinity) Select(cands []Candidate, c cid.Cid) Candidate {
 		}
 	}
 	return rs[0].Candidate
+}
+
+// mix64 is MurmurHash3's 64-bit finalizer. Peer IDs share long prefixes,
+// and FNV-1a's raw sum of such keys ranks some nodes first far more often
+// than others; mixing spreads blocks evenly without losing the rendezvous
+// property (each score still depends only on the block and the node).
+func mix64(k uint64) uint64 {
+	k ^= k >> 33
+	k *= 0xff51afd7ed558ccd
+	k ^= k >> 33
+	k *= 0xc4ceb9fe1a85ec53
+	k ^= k >> 33
+	return k
 }
 
 // LeastLoaded picks the better of two random candidates ("power of two

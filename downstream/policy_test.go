@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
-	"os"
 	"slices"
 	"testing"
 	"time"
@@ -191,16 +190,6 @@ func TestAffinityStable(t *testing.T) {
 	}
 }
 
-// knownBug skips a test that shows a bug reported but not fixed yet, so the
-// suite stays green; KITSUNE_KNOWN_BUGS=1 runs it (and it fails until the
-// fix lands). Remove the call with the fix.
-func knownBug(t *testing.T, what string) {
-	t.Helper()
-	if os.Getenv("KITSUNE_KNOWN_BUGS") == "" {
-		t.Skip("known bug, set KITSUNE_KNOWN_BUGS=1 to run: " + what)
-	}
-}
-
 // affinitySpread gives every node's share of 10,000 seeded blocks, for
 // several seeded fleets of n nodes, and the worst relative deviation from
 // the fair share. Fixed seeds make the outcome independent of the run.
@@ -243,7 +232,6 @@ func TestAffinitySpreadRough(t *testing.T) {
 // FNV-1a's sum used directly as the score is biased per peer ID: some
 // nodes get 15% more or less than their share.
 func TestAffinitySpreadEven(t *testing.T) {
-	knownBug(t, "Affinity's FNV-1a score is not mixed; node shares are off by up to ±15%")
 	for n := 3; n <= 5; n++ {
 		t.Run(fmt.Sprintf("%d nodes", n), func(t *testing.T) { affinitySpread(t, n, 8, 0.10) })
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -165,16 +166,16 @@ func (p *Pool) SetListener(l Listener) {
 // are validated first: on any error nothing changes.
 func (p *Pool) SetMembers(source string, addrs []string) error {
 	urls := make([]string, 0, len(addrs))
-	seen := make(map[string]bool)
+	given := make(map[string]string) // URL -> the operator's spelling
 	for _, a := range addrs {
 		u, err := APIURL(a)
 		if err != nil {
 			return err
 		}
-		if seen[u] {
+		if _, dup := given[u]; dup {
 			return fmt.Errorf("downstream %s given twice", u)
 		}
-		seen[u] = true
+		given[u] = strings.TrimSpace(a)
 		urls = append(urls, u)
 	}
 
@@ -191,7 +192,11 @@ func (p *Pool) SetMembers(source string, addrs []string) error {
 		if p.byURL[u] != nil {
 			continue
 		}
-		n, err := newNode(u, p.client)
+		spelling := given[u]
+		if spelling == "" {
+			spelling = u // listed by another source
+		}
+		n, err := newNode(spelling, p.client)
 		if err != nil {
 			p.mu.Unlock()
 			return err // cannot happen: validated above

@@ -119,7 +119,6 @@ func TestSetMembersUnion(t *testing.T) {
 // TestNodeAddrAsGiven: NodeStatus.Addr is documented as "the address as the
 // operator gave it", URL as its RPC base URL.
 func TestNodeAddrAsGiven(t *testing.T) {
-	knownBug(t, "NodeStatus.Addr is the URL, not the operator's spelling")
 	p := newTestPool(t, Options{})
 	if err := p.SetMembers("flags", []string{"/dns4/kubo-0.kubo/tcp/5001"}); err != nil {
 		t.Fatal(err)
