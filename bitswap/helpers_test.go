@@ -241,6 +241,7 @@ type staticDown struct {
 	timeout time.Duration
 	sent    map[peer.ID]int
 	done    map[peer.ID]map[downstream.Outcome]int
+	penal   map[peer.ID]int
 }
 
 func newStaticDown() *staticDown {
@@ -249,7 +250,20 @@ func newStaticDown() *staticDown {
 		timeout: time.Hour, // frozen test nodes stay frozen unless a test says otherwise
 		sent:    make(map[peer.ID]int),
 		done:    make(map[peer.ID]map[downstream.Outcome]int),
+		penal:   make(map[peer.ID]int),
 	}
+}
+
+func (d *staticDown) Penalise(id peer.ID, _ string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.penal[id]++
+}
+
+func (d *staticDown) penalties(id peer.ID) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.penal[id]
 }
 
 func (d *staticDown) Pick(_ cid.Cid, skip func(peer.ID) bool) (peer.ID, bool) {

@@ -28,16 +28,37 @@ type replyOutbox struct {
 	net  bsnet.BitSwapNetwork
 	log  *zap.Logger
 	sent func(blocks, bytes int)
+	// budget caps the block bytes waiting for this peer; drained is called
+	// (from the outbox goroutine, no lock held) once a full outbox is back
+	// under half its budget, so deferred wants can be fetched again.
+	budget  int
+	drained func()
 
 	mu       sync.Mutex
 	blocks   []blocks.Block
 	presence map[cid.Cid]pb.Message_BlockPresenceType
+	pending  int // block bytes queued or on the wire
+	wasFull  bool
 	running  bool
 	closed   bool
 }
 
-func newReplyOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger, sent func(int, int)) *replyOutbox {
-	return &replyOutbox{to: to, net: net, log: log, sent: sent, presence: make(map[cid.Cid]pb.Message_BlockPresenceType)}
+func newReplyOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger, sent func(int, int), budget int, drained func()) *replyOutbox {
+	return &replyOutbox{to: to, net: net, log: log, sent: sent, budget: budget, drained: drained,
+		presence: make(map[cid.Cid]pb.Message_BlockPresenceType)}
+}
+
+// full reports whether the peer has a budget's worth of blocks waiting: it
+// is reading slower than the fleet delivers, and further blocks for it are
+// deferred rather than held in memory.
+func (o *replyOutbox) full() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.budget > 0 && o.pending >= o.budget {
+		o.wasFull = true
+		return true
+	}
+	return false
 }
 
 func (o *replyOutbox) addBlock(ctx context.Context, b blocks.Block) {
@@ -48,6 +69,7 @@ func (o *replyOutbox) addBlock(ctx context.Context, b blocks.Block) {
 	}
 	delete(o.presence, b.Cid())
 	o.blocks = append(o.blocks, b)
+	o.pending += len(b.RawData())
 	o.kickLocked(ctx)
 }
 
@@ -67,6 +89,7 @@ func (o *replyOutbox) close() {
 	defer o.mu.Unlock()
 	o.closed = true
 	o.blocks = nil
+	o.pending = 0
 	clear(o.presence)
 }
 
@@ -104,7 +127,18 @@ func (o *replyOutbox) run(ctx context.Context) {
 		clear(o.presence)
 		o.mu.Unlock()
 
-		if err := o.net.SendMessage(ctx, o.to, msg); err != nil {
+		err := o.net.SendMessage(ctx, o.to, msg)
+		o.mu.Lock()
+		o.pending -= size
+		resume := o.wasFull && o.pending <= o.budget/2 && !o.closed
+		if resume {
+			o.wasFull = false
+		}
+		o.mu.Unlock()
+		if resume && o.drained != nil {
+			o.drained()
+		}
+		if err != nil {
 			// The peer's wants stay in the table until it cancels or
 			// disconnects; a peer that cannot be written to disconnects.
 			o.log.Debug("reply to upstream failed", zap.Stringer("peer", o.to), zap.Error(err))

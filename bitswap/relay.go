@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ipfs/boxo/bitswap/client/wantlist"
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	pb "github.com/ipfs/boxo/bitswap/message/pb"
 	bsnet "github.com/ipfs/boxo/bitswap/network"
@@ -38,6 +39,9 @@ type Downstream interface {
 	Timeout(node peer.ID) time.Duration
 	// Fetch makes a node fetch c from its own peers (a miss).
 	Fetch(ctx context.Context, node peer.ID, c cid.Cid) error
+	// Penalise counts a misbehaviour of the node's (a block it was never
+	// asked for, whose bytes match nothing) towards its ejection.
+	Penalise(node peer.ID, why string)
 }
 
 // Config holds the relay's limits.
@@ -64,6 +68,11 @@ type Config struct {
 	MissFetchesPerNode int
 	// CheckInterval is how often silent nodes are looked for.
 	CheckInterval time.Duration
+	// PeerBufferBytes caps the block bytes queued for one upstream peer.
+	// A peer reading slower than the fleet delivers gets further blocks
+	// later (their wants are deferred and sent again once it caught up),
+	// so memory stays bounded whatever the peer does.
+	PeerBufferBytes int
 }
 
 // Defaults for Config.
@@ -74,6 +83,7 @@ const (
 	DefaultMaxHaveBlockSize   = 1024
 	DefaultMissFetchTimeout   = 30 * time.Second
 	DefaultMissFetchesPerNode = 16
+	DefaultPeerBufferBytes    = 16 << 20
 )
 
 func (c *Config) fill() {
@@ -91,6 +101,9 @@ func (c *Config) fill() {
 	}
 	if c.MissFetchesPerNode <= 0 {
 		c.MissFetchesPerNode = DefaultMissFetchesPerNode
+	}
+	if c.PeerBufferBytes <= 0 {
+		c.PeerBufferBytes = DefaultPeerBufferBytes
 	}
 	if c.CheckInterval <= 0 {
 		c.CheckInterval = 100 * time.Millisecond
@@ -156,6 +169,9 @@ func (w *want) priority() int32 {
 type upstream struct {
 	wants map[cid.Cid]struct{}
 	out   *replyOutbox
+	// deferred are wants whose block arrived while the peer's outbox was
+	// full; they are fetched again once it drains.
+	deferred map[cid.Cid]wanter
 	// reverse carries Kitsune's own wants to this peer (reverse sessions).
 	reverse *wantOutbox
 }
@@ -171,6 +187,10 @@ type node struct {
 	// is slow, not dead, and its wants are left alone.
 	lastHeard time.Time
 	fetches   int
+	// asked remembers the CIDs recently sent to the node, so a late block
+	// (after a cancel or failover) is told apart from a block whose bytes
+	// match nothing Kitsune asked for.
+	asked hintCache
 }
 
 // Relay forwards Bitswap between the front and back networks.
@@ -220,6 +240,8 @@ type Counters struct {
 	ReverseWants  atomic.Uint64 // downstream wants forwarded upstream
 	ReverseBlocks atomic.Uint64 // blocks relayed from upstream to the fleet
 	ReverseBytes  atomic.Uint64
+	Deferred      atomic.Uint64 // blocks set aside for a peer reading too slowly
+	BadBlocks     atomic.Uint64 // blocks from a node that match nothing it was asked for
 }
 
 // New builds a relay; Start attaches it to the networks.
@@ -363,8 +385,7 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 			// disconnect was handled; an entry made now would never go.
 			return
 		}
-		u = &upstream{wants: make(map[cid.Cid]struct{}), out: newReplyOutbox(p, r.front, r.log, r.countSent)}
-		r.peers[p] = u
+		u = r.newUpstreamLocked(p)
 	}
 	had := len(u.wants) > 0
 	if msg.Full() {
@@ -394,6 +415,34 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		r.front.Protect(p, wantsTag)
 	case !has && had:
 		r.front.Unprotect(p, wantsTag)
+	}
+	r.drainQueueLocked()
+}
+
+func (r *Relay) newUpstreamLocked(p peer.ID) *upstream {
+	u := &upstream{wants: make(map[cid.Cid]struct{}), deferred: make(map[cid.Cid]wanter)}
+	u.out = newReplyOutbox(p, r.front, r.log, r.countSent, r.cfg.PeerBufferBytes, func() { r.resumeDeferred(p) })
+	r.peers[p] = u
+	return u
+}
+
+// resumeDeferred fetches again the blocks a slow peer's full outbox made
+// Kitsune set aside.
+func (r *Relay) resumeDeferred(p peer.ID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := r.peers[p]
+	if u == nil {
+		return
+	}
+	for c, wr := range u.deferred {
+		delete(u.deferred, c)
+		if _, still := u.wants[c]; !still {
+			continue // cancelled meanwhile
+		}
+		e := bsmsg.Entry{Entry: wantlist.Entry{Cid: c, Priority: wr.priority, WantType: wr.wantType}, SendDontHave: wr.sendDontHave}
+		delete(u.wants, c)
+		r.addWanterLocked(p, u, e)
 	}
 	r.drainQueueLocked()
 }
@@ -500,7 +549,7 @@ func (r *Relay) upstreamGone(p peer.ID) {
 func (r *Relay) nodeLocked(id peer.ID) *node {
 	n := r.nodes[id]
 	if n == nil {
-		n = &node{out: newWantOutbox(id, r.back, r.log), wants: make(map[cid.Cid]*want), lastHeard: time.Now()}
+		n = &node{out: newWantOutbox(id, r.back, r.log), wants: make(map[cid.Cid]*want), lastHeard: time.Now(), asked: newHintCache(4096)}
 		r.nodes[id] = n
 	}
 	return n
@@ -526,6 +575,7 @@ func (r *Relay) assignLocked(w *want, id peer.ID) {
 	}
 	n.outstanding++
 	n.wants[w.c] = w
+	n.asked.put(w.c, id)
 	n.out.want(r.ctx, w.c, w.sentType, w.priority())
 	r.down.Sent(id)
 	r.counters.WantsForwarded.Add(1)
@@ -717,6 +767,13 @@ func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
 		w := r.wants[b.Cid()]
 		if w == nil {
 			r.counters.Unsolicited.Add(1)
+			if _, late := n.asked.get(b.Cid()); !late {
+				// Not a late answer: the node sent bytes that hash to
+				// nothing it was asked for (a corrupt blockstore, or a
+				// hostile node). Dropped, and held against the node.
+				r.counters.BadBlocks.Add(1)
+				r.down.Penalise(from, "sent a block matching no want")
+			}
 			continue
 		}
 		r.deliverBlockLocked(w, b, from)
@@ -752,6 +809,12 @@ func (r *Relay) deliverBlockLocked(w *want, b blocks.Block, from peer.ID) {
 			continue
 		}
 		if wr.wantType == pb.Message_Wantlist_Block || small {
+			if u.out.full() {
+				// Keep the want, drop the bytes: fetched again on drain.
+				u.deferred[w.c] = wr
+				r.counters.Deferred.Add(1)
+				continue
+			}
 			u.out.addBlock(r.ctx, b)
 		} else {
 			u.out.addPresence(r.ctx, w.c, pb.Message_Have)

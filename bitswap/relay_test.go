@@ -646,6 +646,13 @@ func TestUnsolicitedBlocks(t *testing.T) {
 	if got := e.relay.Counters().Unsolicited.Load(); got != 2 {
 		t.Errorf("Unsolicited=%d, expected 2", got)
 	}
+	// Both bad blocks were held against the node that sent them.
+	if got := e.down.penalties(n.h.ID()); got != 2 {
+		t.Errorf("node penalised %d times for 2 blocks matching nothing it was asked, want 2", got)
+	}
+	if got := e.relay.Counters().BadBlocks.Load(); got != 2 {
+		t.Errorf("BadBlocks=%d, expected 2", got)
+	}
 }
 
 // The pool makes a node pickable before it calls NodeUp, so a want can

@@ -193,8 +193,7 @@ func peerAt(n network.Network, p peer.ID, addr netip.Addr) bool {
 func (r *Relay) upstreamWantsLocked(p peer.ID) *wantOutbox {
 	u := r.peers[p]
 	if u == nil {
-		u = &upstream{wants: make(map[cid.Cid]struct{}), out: newReplyOutbox(p, r.front, r.log, r.countSent)}
-		r.peers[p] = u
+		u = r.newUpstreamLocked(p)
 	}
 	if u.reverse == nil {
 		u.reverse = newWantOutbox(p, r.front, r.log)

@@ -687,6 +687,24 @@ func (p *Pool) Done(id peer.ID, o Outcome, latency time.Duration) {
 	}
 }
 
+// Penalise counts a misbehaviour of node id as a failure, towards its
+// ejection, without touching its in-flight count.
+func (p *Pool) Penalise(id peer.ID, why string) {
+	n := p.node(id)
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	n.stats.Failures++
+	n.failures++
+	n.lastErr = why
+	eject := n.state == StateHealthy && n.failures >= p.opts.EjectAfter
+	n.mu.Unlock()
+	if eject {
+		p.eject(n, why)
+	}
+}
+
 // Timeout is how long a want may wait on id before it is moved elsewhere:
 // a multiple of the node's smoothed latency, within bounds.
 func (p *Pool) Timeout(id peer.ID) time.Duration {
