@@ -67,10 +67,7 @@ func collectLinks(n datamodel.Node, depth int, out *[]cid.Cid) error {
 		it := n.MapIterator()
 		for !it.Done() {
 			_, v, err := it.Next()
-			if err != nil {
-				return err
-			}
-			if err := collectLinks(v, depth+1, out); err != nil {
+			if err := descend(v, err, depth, out); err != nil {
 				return err
 			}
 		}
@@ -78,13 +75,18 @@ func collectLinks(n datamodel.Node, depth int, out *[]cid.Cid) error {
 		it := n.ListIterator()
 		for !it.Done() {
 			_, v, err := it.Next()
-			if err != nil {
-				return err
-			}
-			if err := collectLinks(v, depth+1, out); err != nil {
+			if err := descend(v, err, depth, out); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// descend walks one map value or list element an iterator returned.
+func descend(v datamodel.Node, iterErr error, depth int, out *[]cid.Cid) error {
+	if iterErr != nil {
+		return iterErr
+	}
+	return collectLinks(v, depth+1, out)
 }

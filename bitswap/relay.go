@@ -87,31 +87,24 @@ const (
 )
 
 func (c *Config) fill() {
-	if c.MaxWantsPerPeer <= 0 {
-		c.MaxWantsPerPeer = DefaultMaxWantsPerPeer
-	}
-	if c.MaxInFlightPerNode <= 0 {
-		c.MaxInFlightPerNode = DefaultMaxInFlightPerNode
-	}
-	if c.MaxMessageSize <= 0 {
-		c.MaxMessageSize = DefaultMaxMessageSize
-	}
-	if c.MissFetchTimeout <= 0 {
-		c.MissFetchTimeout = DefaultMissFetchTimeout
-	}
-	if c.MissFetchesPerNode <= 0 {
-		c.MissFetchesPerNode = DefaultMissFetchesPerNode
-	}
-	if c.PeerBufferBytes <= 0 {
-		c.PeerBufferBytes = DefaultPeerBufferBytes
-	}
-	if c.CheckInterval <= 0 {
-		c.CheckInterval = 100 * time.Millisecond
-	}
+	orDefault(&c.MaxWantsPerPeer, DefaultMaxWantsPerPeer)
+	orDefault(&c.MaxInFlightPerNode, DefaultMaxInFlightPerNode)
+	orDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&c.MissFetchTimeout, DefaultMissFetchTimeout)
+	orDefault(&c.MissFetchesPerNode, DefaultMissFetchesPerNode)
+	orDefault(&c.PeerBufferBytes, DefaultPeerBufferBytes)
+	orDefault(&c.CheckInterval, 100*time.Millisecond)
 	if c.MaxHaveBlockSize < 0 {
 		c.MaxHaveBlockSize = 0
 	} else if c.MaxHaveBlockSize == 0 {
 		c.MaxHaveBlockSize = DefaultMaxHaveBlockSize
+	}
+}
+
+// orDefault replaces a zero or negative setting with its default.
+func orDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
 	}
 }
 
