@@ -44,7 +44,7 @@ func NewPolicy(name string, epsilon float64) (Policy, bool) {
 }
 
 // PolicyNames lists the accepted policy names.
-var PolicyNames = []string{"affinity", "least-loaded", "round-robin"}
+func PolicyNames() []string { return []string{"affinity", "least-loaded", "round-robin"} }
 
 // RoundRobin spreads wants evenly, ignoring content and load.
 type RoundRobin struct {

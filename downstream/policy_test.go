@@ -111,7 +111,7 @@ func shuffled(cands []Candidate) []Candidate {
 }
 
 func TestNewPolicy(t *testing.T) {
-	for _, name := range append([]string{""}, PolicyNames...) {
+	for _, name := range append([]string{""}, PolicyNames()...) {
 		p, ok := NewPolicy(name, 0.5)
 		if !ok || p == nil {
 			t.Fatalf("NewPolicy(%q) = %v, %v; want a policy", name, p, ok)

@@ -8,9 +8,8 @@ import (
 	"time"
 )
 
-// certRecheck bounds how often a handshake looks at the certificate files
-// (a variable so tests can shorten it).
-var certRecheck = time.Second
+// certRecheck bounds how often a handshake looks at the certificate files.
+const certRecheck = time.Second
 
 // LoadTLS returns a server TLS config for the secure WebSocket listeners,
 // serving the PEM certificate chain and key in certFile and keyFile. The
@@ -19,7 +18,13 @@ var certRecheck = time.Second
 // place (certbot, an ACME sidecar) is served without a restart. A renewal
 // that cannot be loaded leaves the previous certificate in service.
 func LoadTLS(certFile, keyFile string) (*tls.Config, error) {
-	r := &certReloader{certFile: certFile, keyFile: keyFile}
+	return loadTLS(certFile, keyFile, certRecheck)
+}
+
+// loadTLS is LoadTLS with the recheck interval as a parameter, so tests
+// can see a renewal at once.
+func loadTLS(certFile, keyFile string, recheck time.Duration) (*tls.Config, error) {
+	r := &certReloader{certFile: certFile, keyFile: keyFile, recheck: recheck}
 	if err := r.reload(); err != nil {
 		return nil, err
 	}
@@ -31,6 +36,7 @@ func LoadTLS(certFile, keyFile string) (*tls.Config, error) {
 
 type certReloader struct {
 	certFile, keyFile string
+	recheck           time.Duration
 
 	mu      sync.Mutex
 	cert    *tls.Certificate
@@ -41,7 +47,7 @@ type certReloader struct {
 func (r *certReloader) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if time.Since(r.checked) >= certRecheck {
+	if time.Since(r.checked) >= r.recheck {
 		r.checked = time.Now()
 		if st, err := r.stat(); err == nil && st != r.stamp {
 			_ = r.reloadLocked()

@@ -392,12 +392,9 @@ func selfSigned(t *testing.T, dir, name string, serial int64) (certFile, keyFile
 // A certificate renewed in place is served without a restart; a broken
 // renewal keeps the old one in service.
 func TestTLSReload(t *testing.T) {
-	old := certRecheck
-	certRecheck = 0
-	t.Cleanup(func() { certRecheck = old })
 	dir := t.TempDir()
 	cf, kf := selfSigned(t, dir, "first", 1)
-	conf, err := LoadTLS(cf, kf)
+	conf, err := loadTLS(cf, kf, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

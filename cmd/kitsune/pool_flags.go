@@ -44,7 +44,7 @@ type poolConfig struct {
 func (f *poolFlags) config(relay *bitswap.Config) (poolConfig, error) {
 	policy, ok := downstream.NewPolicy(f.Policy, f.AffinityEpsilon)
 	if !ok {
-		return poolConfig{}, fmt.Errorf("--policy %q: want one of %s", f.Policy, strings.Join(downstream.PolicyNames, ", "))
+		return poolConfig{}, fmt.Errorf("--policy %q: want one of %s", f.Policy, strings.Join(downstream.PolicyNames(), ", "))
 	}
 	if f.AffinityEpsilon < 0 {
 		return poolConfig{}, fmt.Errorf("--affinity-epsilon must not be negative, got %v", f.AffinityEpsilon)
