@@ -31,6 +31,7 @@ func startKitsune(t *testing.T, nodes []*kubotest.Node, opts ...func(*runCmd)) *
 	c.Listen = []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
 	c.WS = []string{"/ip4/127.0.0.1/tcp/0"}
 	c.Key = filepath.Join(t.TempDir(), "kitsune.key")
+	c.Admin = "127.0.0.1:0" // never the default port: tests run side by side
 	for _, o := range opts {
 		o(c)
 	}

@@ -39,6 +39,7 @@ type runCmd struct {
 	poolFlags  `embed:""`
 
 	preloadFlags `embed:""`
+	adminFlags   `embed:""`
 
 	LogLevel string `env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }
@@ -101,7 +102,7 @@ func (u usageError) Unwrap() error { return u.error }
 
 // Run is the default command.
 func (r *runCmd) Run() error {
-	log, err := newLogger(r.LogLevel)
+	log, err := newLogger(r.LogLevel, r.LogFormat)
 	if err != nil {
 		return usageError{err}
 	}
@@ -115,14 +116,17 @@ func (r *runCmd) Run() error {
 	return run(ctx, cfg, os.Stdout, log)
 }
 
-func newLogger(level string) (*zap.Logger, error) {
+func newLogger(level, format string) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
 	zc := zap.NewProductionConfig()
 	zc.Level = zap.NewAtomicLevelAt(lvl)
-	zc.Encoding = "console"
+	if format == "" {
+		format = "console"
+	}
+	zc.Encoding = format // console or json; kong checked the value
 	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 	zc.DisableStacktrace = true
 	return zc.Build()

@@ -33,6 +33,7 @@ type config struct {
 	Pool       poolConfig
 	Preload    preloadConfig
 	Front      frontSettings
+	Admin      adminConfig
 }
 
 func (c *runCmd) config() (config, error) {
@@ -84,6 +85,9 @@ func (c *runCmd) config() (config, error) {
 	if cfg.Front, err = c.frontFlags.config(&cfg.Listen); err != nil {
 		return config{}, err
 	}
+	if cfg.Admin, err = c.adminFlags.config(); err != nil {
+		return config{}, err
+	}
 	if len(cfg.Listen) == 0 {
 		return config{}, errors.New("no listen address: give -l or -w")
 	}
@@ -127,6 +131,7 @@ type kitsune struct {
 	stop        func()
 	done        chan struct{}
 	preload     *preload.Server
+	admin       *admin
 	// reload re-reads the --downstream-file (on SIGHUP).
 	reload func() error
 }
@@ -154,6 +159,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		front.Close()
 		return nil, err
 	}
+	adm := newAdmin(&cfg, log.Named("admin")) // before the pool: it observes it
 	pool := downstream.New(back, log.Named("downstream"), cfg.Pool.Options)
 	err = pool.SetMembers("flags", cfg.Downstream)
 	if err == nil && cfg.Pool.File != "" {
@@ -212,6 +218,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		once.Do(func() {
 			go func() {
 				defer close(k.done)
+				k.admin.closing() // /readyz fails from now on
 				pctx, pcancel := context.WithTimeout(context.Background(), 2*time.Second)
 				_ = pre.Close(pctx) // running refs calls end with an X-Stream-Error
 				pcancel()
@@ -225,8 +232,15 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 				front.Close()
 				wg.Wait()
 				back.Close()
+				k.admin.close()
 			}()
 		})
+	}
+	k.admin = adm
+	if err := adm.start(k, out); err != nil {
+		k.stop()
+		<-k.done
+		return nil, err
 	}
 	return k, nil
 }
