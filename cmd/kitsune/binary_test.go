@@ -50,7 +50,7 @@ func TestCommandLine(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("--help exited %d", code)
 		}
-		for _, f := range []string{"-d, --downstream", "-l, --listen", "-w, --ws", "-k, --key", "--max-wants-per-peer", "--max-inflight-per-node", "--max-message-size", "--log-level", "$KITSUNE_DOWNSTREAM"} {
+		for _, f := range []string{"-d, --downstream", "-l, --listen", "-w, --ws", "-k, --key", "--max-wants-per-peer", "--max-inflight-per-node", "--max-message-size", "--log-level", "--log-format", "--admin", "$KITSUNE_DOWNSTREAM"} {
 			if !strings.Contains(out, f) {
 				t.Errorf("--help does not mention %q", f)
 			}
@@ -100,7 +100,7 @@ func TestBinaryStartsAndStops(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, bin, "-d", node.APIURL, "-k", key,
-			"-l", "/ip4/127.0.0.1/tcp/0", "-w", "/ip4/127.0.0.1/tcp/0")
+			"-l", "/ip4/127.0.0.1/tcp/0", "-w", "/ip4/127.0.0.1/tcp/0", "--admin", "127.0.0.1:0")
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
