@@ -88,6 +88,9 @@ type Metrics struct {
 	preloadCalls  *prometheus.CounterVec
 	preloadTime   prometheus.Histogram
 	preloadActive prometheus.Gauge
+	// latencyNodes holds the node URLs wantLatency has series for, so
+	// those of nodes gone from the fleet are dropped (see prune).
+	latencyNodes sync.Map
 
 	mu         sync.Mutex
 	samples    ring[counterSample]
@@ -177,6 +180,9 @@ func (m *Metrics) WantDone(nodeURL string, o downstream.Outcome, latency time.Du
 	switch o {
 	case downstream.OutcomeBlock, downstream.OutcomeHave, downstream.OutcomeDontHave:
 		m.wantLatency.WithLabelValues(nodeURL).Observe(latency.Seconds())
+		if _, ok := m.latencyNodes.Load(nodeURL); !ok {
+			m.latencyNodes.Store(nodeURL, struct{}{})
+		}
 	}
 }
 

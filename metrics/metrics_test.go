@@ -410,13 +410,23 @@ func TestPreloadObserver(t *testing.T) {
 }
 
 func TestWantLatencyPerNode(t *testing.T) {
-	m, reg, _, _ := newTest(t, Options{})
+	m, reg, r, p := newTest(t, Options{})
 	m.WantDone(urlA, downstream.OutcomeBlock, 3*time.Millisecond)
 	m.WantDone(urlA, downstream.OutcomeDontHave, 1*time.Millisecond)
 	m.WantDone(urlA, downstream.OutcomeCancelled, time.Second) // says nothing of the node
+	m.WantDone(urlA, downstream.OutcomeFailed, time.Second)    // a timeout, not a latency
 	m.WantDone(urlB, downstream.OutcomeHave, 2*time.Millisecond)
 	must(t, reg, 2, "kitsune_downstream_want_latency_seconds", "node", urlA)
 	must(t, reg, 1, "kitsune_downstream_want_latency_seconds", "node", urlB)
+
+	// Node b leaves the fleet: its histogram goes with it.
+	p.set(downstream.NodeStatus{URL: urlA})
+	m.Attach(Sources{Relay: r, Pool: p})
+	m.prune()
+	must(t, reg, 2, "kitsune_downstream_want_latency_seconds", "node", urlA)
+	if _, ok := value(t, reg, "kitsune_downstream_want_latency_seconds", "node", urlB); ok {
+		t.Fatal("node b's latency histogram outlived it")
+	}
 }
 
 func get(t *testing.T, url string) (*http.Response, string) {

@@ -138,7 +138,8 @@ func (m *Metrics) sample(now time.Time) {
 	m.mu.Unlock()
 }
 
-// Run samples throughput until ctx ends.
+// Run samples throughput, and drops the latency series of nodes gone from
+// the fleet, until ctx ends.
 func (m *Metrics) Run(ctx context.Context) {
 	t := time.NewTicker(m.opts.SampleInterval)
 	defer t.Stop()
@@ -148,8 +149,30 @@ func (m *Metrics) Run(ctx context.Context) {
 			return
 		case now := <-t.C:
 			m.sample(now)
+			m.prune()
 		}
 	}
+}
+
+// prune deletes the want latency histograms of nodes no longer in the
+// pool, as the pulled per-node series vanish with them: label values stay
+// bounded by the fleet as it is, not as it ever was.
+func (m *Metrics) prune() {
+	src := m.sources()
+	if src == nil {
+		return
+	}
+	members := make(map[string]bool)
+	for _, n := range src.Pool.Nodes() {
+		members[n.URL] = true
+	}
+	m.latencyNodes.Range(func(k, _ any) bool {
+		if u := k.(string); !members[u] {
+			m.latencyNodes.Delete(u)
+			m.wantLatency.DeleteLabelValues(u)
+		}
+		return true
+	})
 }
 
 // Ready reports whether Kitsune can serve: listening for upstream peers
