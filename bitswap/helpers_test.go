@@ -392,7 +392,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 	if os.Getenv("KITSUNE_TEST_DEBUG") != "" {
 		level = zapcore.DebugLevel
 	}
-	front := &tapNet{BitSwapNetwork: bsnet.NewFromIpfsHost(e.front), onRecv: func(_ peer.ID, m bsmsg.BitSwapMessage) { e.upWants.record(m) }}
+	front := &tapNet{BitSwapNetwork: bsnet.NewFromIpfsHost(GuardStreams(e.front)), onRecv: func(_ peer.ID, m bsmsg.BitSwapMessage) { e.upWants.record(m) }}
 	e.relay = New(cfg, front, bsnet.NewFromIpfsHost(e.back), e.down, zaptest.NewLogger(t, zaptest.Level(level)))
 	e.relay.Start(ctx)
 	t.Cleanup(func() {

@@ -170,7 +170,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		back.Close()
 		return nil, err
 	}
-	relay := bitswap.New(cfg.Relay, bsnet.NewFromIpfsHost(front), bsnet.NewFromIpfsHost(back), pool, log.Named("relay"))
+	relay := bitswap.New(cfg.Relay, bsnet.NewFromIpfsHost(bitswap.GuardStreams(front)), bsnet.NewFromIpfsHost(back), pool, log.Named("relay"))
 	pool.SetListener(relay)
 	pre, err := startPreload(cfg.Preload, pool, reverseSessions{relay, cfg.Preload.Grace}, log.Named("preload"))
 	if err != nil {
