@@ -54,8 +54,8 @@ function fillTable(id, rows, empty, build) {
   }
   for (const r of rows) {
     const tr = document.createElement("tr");
-    build(tr, r);
-    tbody.appendChild(tr);
+    build(tr, r, tbody);
+    if (!tr.parentNode) tbody.appendChild(tr);
   }
 }
 
@@ -67,6 +67,9 @@ function render(s) {
   ready.textContent = s.ready ? "ready" : "not ready";
   ready.className = "badge " + (s.ready ? "ok" : "bad");
   ready.title = s.not_ready_reason || "";
+  const nr = $("not-ready");
+  nr.hidden = s.ready;
+  nr.textContent = s.ready ? "" : "Not ready: " + (s.not_ready_reason || "unknown reason");
   $("version").textContent = s.version;
   $("uptime").textContent = "up " + duration(s.uptime_seconds);
 
@@ -90,14 +93,16 @@ function render(s) {
   $("upstream-peers").textContent = count(s.upstream.peers);
   $("upstream-wanting").textContent = count(s.upstream.wanting);
 
-  fillTable("nodes", s.nodes, "No downstream nodes", (tr, n) => {
+  fillTable("nodes", s.nodes, "No downstream nodes", (tr, n, tbody) => {
     tr.dataset.peer = n.peer_id || "";
     tr.dataset.state = n.state;
     cell(tr, n.url, "mono");
     const st = cell(tr, "");
     const badge = document.createElement("span");
     badge.className = "state " + n.state;
-    badge.textContent = n.state + (n.connected ? "" : " · offline");
+    // "unknown" and not connected is simply offline.
+    badge.textContent = n.connected ? n.state : n.state === "unknown" ? "offline" : n.state + " · offline";
+    badge.title = "state " + n.state + (n.connected ? ", connected" : ", not connected");
     st.appendChild(badge);
     const id = cell(tr, "", "mono peer-id");
     const code = document.createElement("code");
@@ -108,7 +113,16 @@ function render(s) {
     cell(tr, millis(n.ping_ms), "num");
     cell(tr, count(n.blocks_served), "num");
     cell(tr, count(n.ejections), "num");
-    cell(tr, n.last_error || "", "err", n.last_error || "");
+    if (n.last_error) {
+      // The error gets a line of its own under the node: errors are long.
+      tr.classList.add("has-err");
+      const er = document.createElement("tr");
+      er.className = "err-row";
+      const td = cell(er, "Last error: " + n.last_error, "err");
+      td.colSpan = tr.cells.length;
+      tbody.appendChild(tr);
+      tbody.appendChild(er);
+    }
   });
 
   const byT = Object.entries(s.upstream.by_transport).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
@@ -155,6 +169,7 @@ function axis(max) {
     if (m * pow >= raw) { step = m * pow; break; }
   }
   const label = (v) => {
+    if (v === 0) return "0";
     const n = v / scale;
     return (Number.isInteger(n) ? n : n.toFixed(1)) + " " + units[u];
   };
@@ -186,7 +201,7 @@ function draw() {
 
   let max = 0;
   for (const s of samples) max = Math.max(max, s.bytes_out_per_second, s.bytes_in_per_second);
-  const ax = axis(max > 0 ? max : 1024 * 1024);
+  const ax = axis(max > 0 ? max : 4 * 1024 * 1024);
   const step = ax.step;
   const top = Math.max(4 * step, Math.ceil(max / step) * step);
 
