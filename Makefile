@@ -11,7 +11,7 @@ HELIA_DIR := testdata/helia
 HELIA_STAMP := $(HELIA_DIR)/node_modules/.package-lock.json
 TEST_FLAGS ?= -timeout 40m
 
-.PHONY: all build kubo helia run test vet fmt-check clean
+.PHONY: all build kubo helia run test vet fmt-check clean bench
 
 all: build
 
@@ -47,6 +47,17 @@ fmt-check:
 
 test: kubo helia fmt-check vet
 	KITSUNE_KUBO_BIN=$(KUBO) $(GO) test $(TEST_FLAGS) ./...
+
+# Benchmarks (not part of `make test`, whose smoke test runs every scenario
+# at tiny sizes): Kitsune against direct Kubo, a Kubo front node and a
+# minimal forwarder. Writes bench/results/ (JSON, Markdown, ratios.png);
+# about 10 minutes on 2 cores. Extra flags: make bench BENCH_FLAGS="-runs12 3".
+BENCH       := $(CURDIR)/bin/kitsune-bench
+BENCH_FLAGS ?=
+
+bench: build kubo
+	$(GO) build -o $(BENCH) ./bench/cmd/kitsune-bench
+	KITSUNE_KUBO_BIN=$(KUBO) $(BENCH) -kitsune $(KITSUNE) -out bench/results -command "make bench" $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(CACHE) bin $(HELIA_DIR)/node_modules

@@ -1,0 +1,140 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/ipfs/go-cid"
+	"github.com/ipfs/kubo/core/coreiface/options"
+	"github.com/libp2p/go-libp2p/core/peer"
+	mh "github.com/multiformats/go-multihash"
+
+	"github.com/kitsune-lb/kitsune/internal/kubotest"
+)
+
+// kuboOptions is the fleet's configuration: what the README advises for a
+// node behind Kitsune (a larger per-peer Bitswap budget), applied to every
+// node whichever path reaches it, and no connection trimming, so 2,000
+// idle connections to a node stay open as they do on Kitsune.
+func kuboOptions() kubotest.Options {
+	return kubotest.Options{Config: map[string]any{
+		"Internal.Bitswap.MaxOutstandingBytesPerPeer": 16 << 20,
+		"Swarm.ConnMgr.Type":                          "none",
+	}}
+}
+
+func startKubo(tb testing.TB) *kubotest.Node {
+	tb.Helper()
+	return kubotest.Start(tb, kuboOptions())
+}
+
+// tcpAddrInfo is how every client reaches a Kubo node: TCP, as through
+// Kitsune and the forwarder.
+func tcpAddrInfo(n *kubotest.Node) peer.AddrInfo { return n.AddrInfoFor("tcp") }
+
+// peer makes front keep a connection to each of nodes (`swarm peering
+// add`), as a preload node in front of a fleet is set up.
+func peerWith(ctx context.Context, front *kubotest.Node, nodes ...*kubotest.Node) error {
+	for _, n := range nodes {
+		var args []string
+		for _, a := range n.SwarmAddrs {
+			args = append(args, fmt.Sprintf("%s/p2p/%s", a, n.ID))
+		}
+		// One address per call: the command takes one peer per argument.
+		for _, a := range args {
+			if err := drain(ctx, front, "swarm/peering/add", a); err != nil {
+				return err
+			}
+		}
+		if err := front.Connect(ctx, n.AddrInfo()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// warm is what a preload call does: `refs -r` through the front node's
+// RPC API, which makes it fetch the whole DAG.
+func warm(ctx context.Context, front *kubotest.Node, root cid.Cid) error {
+	resp, err := front.API.Request("refs", root.String()).Option("recursive", true).Send(ctx)
+	if err != nil {
+		return err
+	}
+	defer resp.Close()
+	if resp.Error != nil {
+		return resp.Error
+	}
+	body, err := io.ReadAll(resp.Output)
+	if err != nil {
+		return fmt.Errorf("refs -r %s: %w", root, err)
+	}
+	for _, l := range lines(body) {
+		var r struct{ Ref, Err string }
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			return fmt.Errorf("refs -r %s: %q: %w", root, l, err)
+		}
+		if r.Err != "" {
+			return fmt.Errorf("refs -r %s: %s", root, r.Err)
+		}
+	}
+	return nil
+}
+
+// gc empties the front node between runs, so every run warms it afresh.
+func gc(ctx context.Context, front *kubotest.Node) error {
+	return drain(ctx, front, "repo/gc")
+}
+
+func drain(ctx context.Context, n *kubotest.Node, cmd string, args ...string) error {
+	resp, err := n.API.Request(cmd, args...).Send(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	defer resp.Close()
+	if resp.Error != nil {
+		return fmt.Errorf("%s: %w", cmd, resp.Error)
+	}
+	if _, err := io.Copy(io.Discard, resp.Output); err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	return nil
+}
+
+// rawCID is the CIDv1 (raw codec, SHA-256) of data, as `block put` makes.
+func rawCID(data []byte) cid.Cid {
+	h, err := mh.Sum(data, mh.SHA2_256, -1)
+	if err != nil {
+		panic(err) // SHA-256 is always there
+	}
+	return cid.NewCidV1(cid.Raw, h)
+}
+
+// putRaw stores data on n as a raw block and checks the CID it reports.
+func putRaw(ctx context.Context, n *kubotest.Node, data []byte) (cid.Cid, error) {
+	want := rawCID(data)
+	st, err := n.API.Block().Put(ctx, bytes.NewReader(data), options.Block.CidCodec("raw"))
+	if err != nil {
+		return cid.Undef, err
+	}
+	if got := st.Path().RootCid(); !got.Equals(want) {
+		return cid.Undef, fmt.Errorf("block put returned %s, want %s", got, want)
+	}
+	return want, nil
+}
+
+func apiAddrs(nodes ...*kubotest.Node) []string {
+	var out []string
+	for _, n := range nodes {
+		out = append(out, n.APIAddr.String())
+	}
+	return out
+}
+
+func kuboVersion(n *kubotest.Node) string {
+	return strings.TrimSuffix(strings.TrimPrefix(n.AgentVersion, "kubo/"), "/")
+}
