@@ -135,6 +135,13 @@ var (
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	_ = rc.SetWriteDeadline(time.Now().Add(writeGrace))
+	if r.ContentLength != 0 {
+		// refs takes no body, and net/http drains an unread one before
+		// the first byte of the answer: a client trickling a body would
+		// hold the call, its address's slot and the node's walk until
+		// the read timeout. Full duplex leaves the body alone.
+		_ = rc.EnableFullDuplex()
+	}
 	hdr := w.Header()
 	// Every answer may be read by a page on any origin: the call is public
 	// and carries no credentials.

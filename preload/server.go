@@ -20,6 +20,32 @@ const (
 	maxHeaderBytes    = 32 << 10
 )
 
+// Timeouts bound what a slow or idle client can hold on the preload port.
+// A zero field keeps the default.
+type Timeouts struct {
+	// ReadHeader is how long a client has to send its request headers
+	// (10s): a client trickling them (slowloris) is cut off after it.
+	ReadHeader time.Duration
+	// Read bounds reading the whole request, body included (30s).
+	Read time.Duration
+	// Idle is how long a kept-alive connection may wait for its next
+	// request (2m).
+	Idle time.Duration
+}
+
+func (t Timeouts) orDefaults() Timeouts {
+	if t.ReadHeader <= 0 {
+		t.ReadHeader = readHeaderTimeout
+	}
+	if t.Read <= 0 {
+		t.Read = readTimeout
+	}
+	if t.Idle <= 0 {
+		t.Idle = idleTimeout
+	}
+	return t
+}
+
 // Server serves a Handler on one TCP listener.
 type Server struct {
 	srv  *http.Server
@@ -29,8 +55,14 @@ type Server struct {
 }
 
 // Listen listens on addr (host:port; port 0 picks one) and serves h until
-// Close.
+// Close, with the default Timeouts.
 func Listen(addr string, h http.Handler, log *zap.Logger) (*Server, error) {
+	return ListenTimeouts(addr, h, log, Timeouts{})
+}
+
+// ListenTimeouts is Listen with other timeouts against slow clients.
+func ListenTimeouts(addr string, h http.Handler, log *zap.Logger, t Timeouts) (*Server, error) {
+	t = t.orDefaults()
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -42,9 +74,9 @@ func Listen(addr string, h http.Handler, log *zap.Logger) (*Server, error) {
 	s := &Server{
 		srv: &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: readHeaderTimeout,
-			ReadTimeout:       readTimeout,
-			IdleTimeout:       idleTimeout,
+			ReadHeaderTimeout: t.ReadHeader,
+			ReadTimeout:       t.Read,
+			IdleTimeout:       t.Idle,
 			MaxHeaderBytes:    maxHeaderBytes,
 			BaseContext:       func(net.Listener) context.Context { return base },
 			ErrorLog:          zap.NewStdLog(log.WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
