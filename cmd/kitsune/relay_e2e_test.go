@@ -169,8 +169,25 @@ func TestMissingCIDFailsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	missCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	protected := make(chan bool, 1)
+	go func() {
+		// While the client has a want in flight, the connection manager
+		// must not trim its connection.
+		deadline := time.Now().Add(4 * time.Second)
+		for time.Now().Before(deadline) {
+			if k.front.ConnManager().IsProtected(client.ID, "kitsune-wants") {
+				protected <- true
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		protected <- false
+	}()
 	_, err = client.Cat(missCtx, missing.String())
 	cancel()
+	if !<-protected {
+		t.Fatal("a client with a want in flight was never protected from connection trimming")
+	}
 	if err == nil {
 		t.Fatal("fetching a CID nobody has succeeded")
 	}
@@ -194,6 +211,9 @@ func TestMissingCIDFailsCleanly(t *testing.T) {
 		t.Fatalf("fetch after a miss: %v (%d bytes)", err, len(got))
 	}
 	waitRelayEmpty(t, k)
+	eventually(t, 5*time.Second, "the client's protection to end with its wants", func() bool {
+		return !k.front.ConnManager().IsProtected(client.ID, "kitsune-wants")
+	})
 	for _, n := range []*kubotest.Node{a, b} {
 		wl, err := n.Wantlist(ctx, k.back.ID())
 		if err != nil {
