@@ -22,6 +22,9 @@ func LoadOrCreateKey(path string) (key crypto.PrivKey, created bool, err error) 
 		if err != nil {
 			return nil, false, fmt.Errorf("key file %s: not a libp2p private key: %w", path, err)
 		}
+		if err := CheckKey(key); err != nil {
+			return nil, false, fmt.Errorf("key file %s is damaged: %w", path, err)
+		}
 		return key, false, nil
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, false, fmt.Errorf("key file %s: %w", path, err)
@@ -35,6 +38,23 @@ func LoadOrCreateKey(path string) (key crypto.PrivKey, created bool, err error) 
 		return nil, false, err
 	}
 	return key, true, nil
+}
+
+// CheckKey reports a private key that cannot prove its own identity: its
+// signatures do not verify under its public key. libp2p's decoder does not
+// check that the public half stored in an Ed25519 key belongs to its seed,
+// so a damaged file can decode into such a key, with a peer ID of its
+// public half: the host would start and then fail every handshake.
+func CheckKey(key crypto.PrivKey) error {
+	msg := []byte("kitsune key check")
+	sig, err := key.Sign(msg)
+	if err != nil {
+		return fmt.Errorf("the key cannot sign: %w", err)
+	}
+	if ok, err := key.GetPublic().Verify(msg, sig); err != nil || !ok {
+		return errors.New("its private and public halves do not belong together")
+	}
+	return nil
 }
 
 // WriteKeyFile stores key at path with mode 0600. It refuses to replace an

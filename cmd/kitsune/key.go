@@ -91,11 +91,23 @@ func (c *keyShowCmd) Run() error {
 }
 
 // readPrivateKey reads a private key from any form a Kubo operator has one
-// in, and says which form it found.
+// in, and says which form it found. A key that cannot prove its identity
+// (a damaged file) is an error.
 func readPrivateKey(path string) (crypto.PrivKey, string, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, "config")
 	}
+	key, kind, err := decodePrivateKey(path)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := proxy.CheckKey(key); err != nil {
+		return nil, "", fmt.Errorf("%s: the %s key is damaged: %w", path, kind, err)
+	}
+	return key, kind, nil
+}
+
+func decodePrivateKey(path string) (crypto.PrivKey, string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, "", err

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kitsune-lb/kitsune/proxy"
+)
+
+// FuzzReadPrivateKey: whatever a file handed to `kitsune key import` or
+// `kitsune key show` holds (a Kubo config, a PEM file, an `ipfs key
+// export` file, or anything else), reading it never panics or changes it,
+// and either fails with an error naming the file or yields a key that
+// proves its identity, which `key import` then writes as a key file that
+// Kitsune loads, and `key show` reads, under the same peer ID.
+func FuzzReadPrivateKey(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		src := filepath.Join(dir, "source")
+		if err := os.WriteFile(src, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		key, kind, err := readPrivateKey(src)
+		if after, _ := os.ReadFile(src); !bytes.Equal(after, data) {
+			t.Fatal("reading the key changed the file")
+		}
+		if err != nil {
+			if !strings.Contains(err.Error(), src) {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		if kind == "" {
+			t.Fatal("no kind named for an accepted key")
+		}
+		if err := proxy.CheckKey(key); err != nil {
+			t.Fatalf("accepted a %s key that fails its own check: %v", kind, err)
+		}
+		id, err := peer.IDFromPrivateKey(key)
+		if err != nil {
+			t.Fatalf("accepted a %s key without a peer ID: %v", kind, err)
+		}
+		dst := filepath.Join(dir, "kitsune.key")
+		if err := proxy.WriteKeyFile(dst, key); err != nil {
+			t.Fatalf("cannot write the imported %s key: %v", kind, err)
+		}
+		loaded, created, err := proxy.LoadOrCreateKey(dst)
+		if err != nil || created {
+			t.Fatalf("Kitsune cannot load the key file imported from a %s key: created=%v %v", kind, created, err)
+		}
+		if got, _ := peer.IDFromPrivateKey(loaded); got != id {
+			t.Fatalf("imported as %s, runs as %s", id, got)
+		}
+		shown, _, err := readPrivateKey(dst)
+		if err != nil {
+			t.Fatalf("key show cannot read the imported key file: %v", err)
+		}
+		if got, _ := peer.IDFromPrivateKey(shown); got != id {
+			t.Fatalf("imported as %s, shown as %s", id, got)
+		}
+	})
+}
+
+// TestWriteKeyImportFuzzSeeds rewrites testdata/fuzz/FuzzReadPrivateKey
+// when KITSUNE_WRITE_FUZZ_SEEDS is set: every form key import takes, and
+// near misses of each.
+func TestWriteKeyImportFuzzSeeds(t *testing.T) {
+	if os.Getenv("KITSUNE_WRITE_FUZZ_SEEDS") == "" {
+		t.Skip("set KITSUNE_WRITE_FUZZ_SEEDS=1 to rewrite the seed corpus")
+	}
+	ed, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	rsaStd, _ := rsa.GenerateKey(rand.Reader, 2048)
+	rsaKey, _, _ := crypto.KeyPairFromStdKey(rsaStd)
+	_, edStd, _ := ed25519.GenerateKey(rand.Reader)
+	ecStd, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+
+	config := func(k crypto.PrivKey, peerID string) []byte {
+		raw, _ := crypto.MarshalPrivateKey(k)
+		if peerID == "" {
+			id, _ := peer.IDFromPrivateKey(k)
+			peerID = id.String()
+		}
+		b, _ := json.MarshalIndent(map[string]any{"Identity": map[string]any{"PeerID": peerID, "PrivKey": base64.StdEncoding.EncodeToString(raw)}}, "", "  ")
+		return b
+	}
+	pemOf := func(typ string, der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}) }
+	pkcs8 := func(k any) []byte { der, _ := x509.MarshalPKCS8PrivateKey(k); return der }
+	ecDER, _ := x509.MarshalECPrivateKey(ecStd)
+	edRaw, _ := crypto.MarshalPrivateKey(ed)
+	otherID, _ := peer.IDFromPrivateKey(rsaKey)
+
+	seeds := map[string][]byte{
+		"kubo-config-ed25519":    config(ed, ""),
+		"kubo-config-rsa":        config(rsaKey, ""),
+		"kubo-config-wrong-id":   config(ed, otherID.String()),
+		"kubo-config-no-key":     []byte(`{"Identity":{"PeerID":"12D3KooW"}}`),
+		"kubo-config-not-base64": []byte(`{"Identity":{"PrivKey":"***"}}`),
+		"pem-pkcs8-ed25519":      pemOf("PRIVATE KEY", pkcs8(edStd)),
+		"pem-pkcs8-rsa":          pemOf("PRIVATE KEY", pkcs8(rsaStd)),
+		"pem-pkcs1-rsa":          pemOf("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rsaStd)),
+		"pem-ec":                 pemOf("EC PRIVATE KEY", ecDER),
+		"pem-encrypted":          pemOf("ENCRYPTED PRIVATE KEY", []byte("x")),
+		"pem-certificate":        pemOf("CERTIFICATE", []byte("x")),
+		"protobuf-ed25519":       edRaw,
+		"protobuf-truncated":     edRaw[:20],
+		"empty":                  nil,
+		"whitespace-then-brace":  []byte(" \n{"),
+	}
+	dir := filepath.Join("testdata", "fuzz", "FuzzReadPrivateKey")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range seeds {
+		sum := sha256.Sum256([]byte(name))
+		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", data)
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("seed-%s-%x", name, sum[:4])), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A Kubo config whose Ed25519 key has a damaged public half is refused by
+// key import with a clear error, rather than imported as an identity whose
+// handshakes all fail.
+func TestKeyImportRefusesDamagedKey(t *testing.T) {
+	dir := t.TempDir()
+	ed, _, _ := crypto.GenerateEd25519Key(rand.Reader)
+	raw, _ := crypto.MarshalPrivateKey(ed)
+	raw[len(raw)-1] ^= 0x01
+	damaged, err := crypto.UnmarshalPrivateKey(raw)
+	if err != nil {
+		t.Fatalf("libp2p refuses the damaged key itself (%v): this test needs a new damage", err)
+	}
+	id, _ := peer.IDFromPrivateKey(damaged)
+	file := writeKuboConfig(t, filepath.Join(dir, "repo"), damaged, id.String())
+	out := filepath.Join(dir, "kitsune.key")
+	err = (&keyImportCmd{From: file, Key: out, out: new(bytes.Buffer)}).Run()
+	if err == nil || !strings.Contains(err.Error(), "damaged") || !strings.Contains(err.Error(), file) {
+		t.Fatalf("import of a damaged key: %v", err)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatal("a key file was written from a damaged key")
+	}
+}
