@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -459,6 +460,15 @@ func (p *Pool) check(ctx context.Context, n *Node) error {
 	}
 	var v struct{ Version string }
 	if err := n.API.Request("version").Exec(cctx, &v); err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			// Nothing listens at the node's RPC address: the daemon is
+			// gone (killed, crashed, restarting). Its libp2p connection
+			// can linger (QUIC notices a dead peer only after a 30s idle
+			// timeout), taking wants and hiding a node that comes back
+			// on new ports or as a new peer ID. Dropping it makes the
+			// node leave at once and be re-learned when it answers.
+			_ = p.host.Network().ClosePeer(id)
+		}
 		return fmt.Errorf("/api/v0/version: %w", err)
 	}
 	select {
