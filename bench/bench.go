@@ -62,6 +62,12 @@ type Config struct {
 	// read in scenario 4.
 	Settle time.Duration `json:"s4_settle_ns"`
 
+	// FleetTCPOnly makes the Kubo nodes listen on TCP only, so Kitsune
+	// and the front node reach them over TCP as the clients do (by
+	// default they pick QUIC): an experiment, to see what the transport
+	// of the proxy's back leg costs.
+	FleetTCPOnly bool `json:"fleet_tcp_only,omitempty"`
+
 	Smoke bool `json:"smoke"`
 	// Log receives a line per run; nil discards them.
 	Log io.Writer `json:"-"`
@@ -143,8 +149,8 @@ func Run(tb testing.TB, cfg Config) (*Results, error) {
 	res.Machine.Kitsune = cfg.Revision
 
 	e.logf("starting Kubo nodes")
-	e.a = startKubo(tb)
-	e.front = startKubo(tb)
+	e.a = e.startKubo()
+	e.front = e.startKubo()
 	res.Machine.Kubo = kuboVersion(e.a)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"testing"
 
 	"github.com/ipfs/go-cid"
 	"github.com/ipfs/kubo/core/coreiface/options"
@@ -28,9 +27,13 @@ func kuboOptions() kubotest.Options {
 	}}
 }
 
-func startKubo(tb testing.TB) *kubotest.Node {
-	tb.Helper()
-	return kubotest.Start(tb, kuboOptions())
+func (e *env) startKubo() *kubotest.Node {
+	e.tb.Helper()
+	opts := kuboOptions()
+	if e.cfg.FleetTCPOnly {
+		opts.Config["Addresses.Swarm"] = []string{"/ip4/127.0.0.1/tcp/0"}
+	}
+	return kubotest.Start(e.tb, opts)
 }
 
 // tcpAddrInfo is how every client reaches a Kubo node: TCP, as through
@@ -137,4 +140,23 @@ func apiAddrs(nodes ...*kubotest.Node) []string {
 
 func kuboVersion(n *kubotest.Node) string {
 	return strings.TrimSuffix(strings.TrimPrefix(n.AgentVersion, "kubo/"), "/")
+}
+
+// transportFrom names the transport (last protocol of the address, e.g.
+// "quic-v1", "tcp") of n's connection with p, "" if none.
+func transportFrom(ctx context.Context, n *kubotest.Node, p peer.ID) string {
+	conns, err := n.API.Swarm().Peers(ctx)
+	if err != nil {
+		return ""
+	}
+	for _, c := range conns {
+		if c.ID() == p {
+			a := c.Address()
+			if len(a) == 0 {
+				return ""
+			}
+			return a[len(a)-1].Protocol().Name
+		}
+	}
+	return ""
 }

@@ -31,6 +31,7 @@ type server struct {
 
 	info  peer.AddrInfo // its TCP address, what clients dial
 	admin string        // Kitsune's admin base URL, "" when it has none
+	back  peer.ID       // Kitsune's back host
 }
 
 type lockedBuffer struct {
@@ -196,6 +197,13 @@ func startKitsune(bin string, feat kitsuneFeatures, apis []string, dir string, e
 		return nil, err
 	}
 	s.info, _ = tcpInfo(s.stdout.String())
+	for line := range strings.SplitSeq(s.stdout.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Back host peer ID "); ok {
+			if f := strings.Fields(rest); len(f) > 0 {
+				s.back, _ = peer.Decode(f[0])
+			}
+		}
+	}
 	if feat.admin {
 		for line := range strings.SplitSeq(s.stdout.String(), "\n") {
 			if strings.HasPrefix(line, "Admin ") {

@@ -78,7 +78,8 @@ func (r *Results) Markdown(level int) string {
 		fmt.Fprintf(&b, "Reproduce: `%s` (%.0f s).\n\n", r.Command, r.Seconds)
 	}
 	b.WriteString("Medians over the runs, min–max in brackets. *vs direct* compares each run with the direct run of the same round, then takes the median. " +
-		"*proxy* is whatever stands between client and node: the Kitsune or forwarder process (started fresh for each run), or the front Kubo node.\n\n")
+		"*proxy* is whatever stands between client and node: the Kitsune or forwarder process (started fresh for each run), or the front Kubo node. " +
+		"Clients, Kubo nodes and proxy all share the machine's cores, so a proxy's CPU time comes straight out of the throughput the others get.\n\n")
 
 	fmt.Fprintf(&b, "%sTargets\n\n", h(1))
 	b.WriteString("| scenario | target | want | measured | met |\n|---|---|---|---|---|\n")

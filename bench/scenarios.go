@@ -63,6 +63,24 @@ func (e *env) dialTarget(ctx context.Context, path string, nodes []*kubotest.Nod
 	return nil, nil, fmt.Errorf("unknown path %q", path)
 }
 
+// noteTransport says in the scenario's notes which transport the proxy's
+// leg to the node used: the client legs are all TCP, but Kitsune and a
+// Kubo front node choose their own way to the fleet.
+func (e *env) noteTransport(ctx context.Context, sr *ScenarioResult, path string, srv *server) {
+	var t string
+	switch {
+	case path == pathKitsune && srv != nil && srv.back != "":
+		t = transportFrom(ctx, e.a, srv.back)
+	case path == pathKuboFront:
+		t = transportFrom(ctx, e.a, e.front.ID)
+	default:
+		return
+	}
+	if t != "" {
+		sr.Notes = appendOnce(sr.Notes, fmt.Sprintf("%s reached the Kubo node over %s (client legs, and both legs of the floor, are TCP).", path, t))
+	}
+}
+
 func stopServer(s *server) {
 	if s != nil {
 		s.stop()
@@ -120,7 +138,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 	paths := []string{pathDirect, pathKitsune, pathKuboFront, pathFloor}
 	for r := range cfg.Runs12 {
 		for _, p := range rotate(paths, r) {
-			e.record(sr, p, r, 3*time.Minute, func(ctx context.Context) (map[string]float64, error) {
+			e.record(sr, p, r, 90*time.Second, func(ctx context.Context) (map[string]float64, error) {
 				srv, target, err := e.dialTarget(ctx, p, nodes)
 				defer stopServer(srv)
 				if err != nil {
@@ -150,6 +168,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 				}
 				after, ok2 := e.proxyUsage(p, srv)
 				usageMetrics(m, p, before, after, ok && ok2, srv != nil)
+				e.noteTransport(ctx, sr, p, srv)
 				sum, n, err := c.fileHash(ctx, root)
 				if err != nil {
 					return nil, fmt.Errorf("reading the fetched file: %w", err)
@@ -372,7 +391,7 @@ func (e *env) scenario3() (*ScenarioResult, error) {
 
 	if e.b == nil {
 		e.logf("starting a second Kubo node")
-		e.b = startKubo(e.tb)
+		e.b = e.startKubo()
 	}
 	nodes := []*kubotest.Node{e.a, e.b}
 	type file struct {
@@ -398,7 +417,7 @@ func (e *env) scenario3() (*ScenarioResult, error) {
 	paths := []string{pathDirect, pathKitsune, pathKuboFront, pathFloor}
 	for r := range cfg.Runs34 {
 		for _, p := range rotate(paths, r) {
-			e.record(sr, p, r, 4*time.Minute, func(ctx context.Context) (map[string]float64, error) {
+			e.record(sr, p, r, 2*time.Minute, func(ctx context.Context) (map[string]float64, error) {
 				srv, target, err := e.dialTarget(ctx, p, nodes)
 				defer stopServer(srv)
 				if err != nil {
@@ -440,7 +459,7 @@ func (e *env) scenario3() (*ScenarioResult, error) {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+						fctx, cancel := context.WithTimeout(ctx, time.Minute)
 						defer cancel()
 						var err error
 						if p == pathKuboFront {
@@ -573,7 +592,7 @@ func (e *env) scenario4() (*ScenarioResult, error) {
 
 	if e.idle == nil {
 		e.logf("starting the idle-connection Kubo node")
-		e.idle = startKubo(e.tb)
+		e.idle = e.startKubo()
 	}
 	probes := make([]rawBlock, 2*cfg.Runs34*3)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -34,6 +34,9 @@ func main() {
 		conns     = flag.Int("conns", def.IdleConns, "scenario 4: idle connections")
 		kflags    = flag.String("kitsune-flags", "", "extra flags for Kitsune, space-separated")
 		command   = flag.String("command", "", "how this run was started, for the report (default: the command line)")
+		profile   = flag.String("profile", "", "instead of benchmarking, record Kitsune's CPU profiles under scenario 1's and 3's loads and its heap with scenario 4's idle connections into this directory (needs Kitsune's --admin)")
+		profSecs  = flag.Int("profile-seconds", 20, "length of each CPU profile")
+		fleetTCP  = flag.Bool("fleet-tcp-only", false, "experiment: the Kubo nodes listen on TCP only, so Kitsune and the front node reach them over TCP (they pick QUIC otherwise)")
 	)
 	flag.Parse()
 
@@ -45,6 +48,7 @@ func main() {
 		cfg.FileSize, cfg.Blocks, cfg.Clients, cfg.IdleConns = *fileMiB<<20, *blocks, *clients, *conns
 	}
 	cfg.KitsuneBin = *kitsune
+	cfg.FleetTCPOnly = *fleetTCP
 	cfg.KitsuneFlags = strings.Fields(*kflags)
 	cfg.Log = os.Stderr
 	cfg.Revision = revision()
@@ -80,7 +84,19 @@ func main() {
 		os.Exit(130)
 	}()
 
-	res, err := run(tb, cfg)
+	if *profile != "" {
+		err := guard(func() error { return bench.Profile(tb, cfg, *profile, *profSecs) })
+		tb.Close()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kitsune-bench:", err)
+			os.Exit(1)
+		}
+		fmt.Fprintf(os.Stderr, "wrote profiles to %s; read them with `go tool pprof -top FILE`\n", *profile)
+		return
+	}
+
+	var res *bench.Results
+	err = guard(func() (err error) { res, err = bench.Run(tb, cfg); return err })
 	tb.Close()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "kitsune-bench:", err)
@@ -97,20 +113,18 @@ func main() {
 	}
 }
 
-// run turns a TB.Fatal (from kubotest) into an error.
-func run(tb *bench.TB, cfg bench.Config) (res *bench.Results, err error) {
+// guard turns a TB.Fatal (from kubotest) into an error.
+func guard(f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			var fe bench.FatalError
-			if e, ok := r.(bench.FatalError); ok {
-				fe = e
-				err = errors.New(fe.Msg)
-				return
+			fe, ok := r.(bench.FatalError)
+			if !ok {
+				panic(r)
 			}
-			panic(r)
+			err = errors.New(fe.Msg)
 		}
 	}()
-	return bench.Run(tb, cfg)
+	return f()
 }
 
 // revision names the Kitsune source the binary was built from, as far as

@@ -1,0 +1,182 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kitsune-lb/kitsune/internal/kubotest"
+)
+
+// Profile records Kitsune's profiles under the benchmark's loads, through
+// its admin port's /debug/pprof: a CPU profile while one client after
+// another fetches scenario 1's file, one while rounds of scenario 3's
+// clients fetch theirs, and a heap profile with scenario 4's idle
+// connections held. Files: cpu-throughput.pprof, cpu-many-clients.pprof,
+// heap-idle.pprof in dir. Read them with `go tool pprof -top FILE`.
+func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
+	tb.Helper()
+	bin, err := filepath.Abs(cfg.KitsuneBin)
+	if err != nil {
+		return err
+	}
+	cfg.KitsuneBin = bin
+	feat, err := probeKitsune(bin)
+	if err != nil {
+		return err
+	}
+	if !feat.admin {
+		return fmt.Errorf("%s has no --admin (and so no /debug/pprof)", bin)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	e := &env{tb: tb, cfg: cfg, feat: feat, kuboBin: kubotest.Binary(tb), dir: tb.TempDir()}
+	e.a, e.b = e.startKubo(), e.startKubo()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+
+	// Throughput.
+	root, err := e.a.AddBytes(ctx, randomBytes(cfg.FileSize))
+	if err != nil {
+		return err
+	}
+	err = e.profileCPU(ctx, []*kubotest.Node{e.a}, filepath.Join(dir, "cpu-throughput.pprof"), seconds, func(ctx context.Context, k peer.AddrInfo) error {
+		_, err := fetchOnce(ctx, k, root)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("throughput profile: %w", err)
+	}
+
+	// Many clients.
+	roots := make([]cid.Cid, cfg.Clients)
+	for i := range roots {
+		data := randomBytes(cfg.ClientFileSize)
+		for _, n := range []*kubotest.Node{e.a, e.b} {
+			if roots[i], err = n.AddBytes(ctx, data); err != nil {
+				return err
+			}
+		}
+	}
+	err = e.profileCPU(ctx, []*kubotest.Node{e.a, e.b}, filepath.Join(dir, "cpu-many-clients.pprof"), seconds, func(ctx context.Context, k peer.AddrInfo) error {
+		var wg sync.WaitGroup
+		errs := make(chan error, len(roots))
+		for _, r := range roots {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := fetchOnce(ctx, k, r); err != nil {
+					errs <- err
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		return <-errs
+	})
+	if err != nil {
+		return fmt.Errorf("many-clients profile: %w", err)
+	}
+
+	// Idle connections: the heap with them held.
+	srv, err := startKitsune(bin, feat, apiAddrs(e.a), e.tb.TempDir(), cfg.KitsuneFlags)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	hosts := make([]host.Host, cfg.IdleConns)
+	defer closeHosts(hosts)
+	if err := parallel(ctx, len(hosts), 16, func(ctx context.Context, i int) error {
+		h, err := plainHost()
+		if err != nil {
+			return err
+		}
+		hosts[i] = h
+		cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		return h.Connect(cctx, srv.info)
+	}); err != nil {
+		return err
+	}
+	time.Sleep(cfg.Settle)
+	return fetchTo(ctx, srv.admin+"/debug/pprof/heap?gc=1", filepath.Join(dir, "heap-idle.pprof"))
+}
+
+// profileCPU runs load against a fresh Kitsune in front of nodes, again
+// and again, while its CPU profile is recorded for seconds.
+func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file string, seconds int, load func(context.Context, peer.AddrInfo) error) error {
+	srv, err := startKitsune(e.cfg.KitsuneBin, e.feat, apiAddrs(nodes...), e.tb.TempDir(), e.cfg.KitsuneFlags)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- fetchTo(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", srv.admin, seconds), file)
+	}()
+	rounds := 0
+	for {
+		select {
+		case err := <-done:
+			e.logf("  %s: %d rounds of load", filepath.Base(file), rounds)
+			return err
+		default:
+		}
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		err := load(lctx, srv.info)
+		cancel()
+		if err != nil {
+			return err
+		}
+		rounds++
+	}
+}
+
+func fetchOnce(ctx context.Context, target peer.AddrInfo, root cid.Cid) (int64, error) {
+	c, err := newClient(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer c.close()
+	if err := c.connect(ctx, target); err != nil {
+		return 0, err
+	}
+	_, size, err := c.fetchDAG(ctx, root)
+	return size, err
+}
+
+func fetchTo(ctx context.Context, url, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, b)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
