@@ -11,7 +11,7 @@ HELIA_DIR := testdata/helia
 HELIA_STAMP := $(HELIA_DIR)/node_modules/.package-lock.json
 TEST_FLAGS ?= -timeout 40m
 
-.PHONY: all build kubo helia run test vet fmt-check clean bench
+.PHONY: all build kubo helia run test vet fmt-check clean bench fuzz fuzz-short
 
 all: build
 
@@ -47,6 +47,28 @@ fmt-check:
 
 test: kubo helia fmt-check vet
 	KITSUNE_KUBO_BIN=$(KUBO) $(GO) test $(TEST_FLAGS) ./...
+	$(MAKE) --no-print-directory fuzz-short
+
+# Fuzz targets (package:name); seed corpora in <package>/testdata/fuzz/.
+# `make test` runs each for FUZZTIME_SHORT; `make fuzz` for FUZZTIME
+# (FUZZTIME=1h make fuzz). A failing input is written to the package's
+# testdata/fuzz/<name>/ and then runs with every `go test`. The first run
+# builds the instrumented dependencies (minutes); later runs reuse them.
+FUZZ_TARGETS   := ./bitswap:FuzzRelayMessages ./preload:FuzzParseRefs ./proxy:FuzzLoadKeyFile ./cmd/kitsune:FuzzReadPrivateKey
+FUZZTIME       ?= 10m
+FUZZTIME_SHORT ?= 8s
+FUZZ_MINIMIZE  ?= 60s
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz: $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZ_MINIMIZE) $$pkg; \
+	done
+
+# Short fixed runs for CI: minimising new inputs would eat the time.
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT) FUZZ_MINIMIZE=1s
 
 # Benchmarks (not part of `make test`, whose smoke test runs every scenario
 # at tiny sizes): Kitsune against direct Kubo, a Kubo front node and a

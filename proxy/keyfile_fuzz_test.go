@@ -23,8 +23,8 @@ import (
 // and that a peer ID derives from: Kitsune starts with a working identity
 // or not at all.
 func FuzzLoadKeyFile(f *testing.F) {
+	path := filepath.Join(f.TempDir(), "kitsune.key") // one per worker process
 	f.Fuzz(func(t *testing.T, data []byte) {
-		path := filepath.Join(t.TempDir(), "kitsune.key")
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -31,9 +31,12 @@ import (
 // proves its identity, which `key import` then writes as a key file that
 // Kitsune loads, and `key show` reads, under the same peer ID.
 func FuzzReadPrivateKey(f *testing.F) {
+	dir := f.TempDir() // one per worker process
+	src, dst := filepath.Join(dir, "source"), filepath.Join(dir, "kitsune.key")
 	f.Fuzz(func(t *testing.T, data []byte) {
-		dir := t.TempDir()
-		src := filepath.Join(dir, "source")
+		if err := os.Remove(dst); err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(src, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -57,7 +60,6 @@ func FuzzReadPrivateKey(f *testing.F) {
 		if err != nil {
 			t.Fatalf("accepted a %s key without a peer ID: %v", kind, err)
 		}
-		dst := filepath.Join(dir, "kitsune.key")
 		if err := proxy.WriteKeyFile(dst, key); err != nil {
 			t.Fatalf("cannot write the imported %s key: %v", kind, err)
 		}
