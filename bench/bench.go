@@ -31,10 +31,11 @@ import (
 
 // Paths, in the order the tables show them.
 const (
-	pathDirect    = "direct"
-	pathKitsune   = "kitsune"
-	pathKuboFront = "kubo-front"
-	pathFloor     = "floor"
+	pathDirect     = "direct"
+	pathKitsune    = "kitsune"
+	pathKitsuneTCP = "kitsune-tcp" // Kitsune made to reach the fleet over TCP
+	pathKuboFront  = "kubo-front"
+	pathFloor      = "floor"
 )
 
 // Config sizes a run. DefaultConfig is the issue's benchmark; SmokeConfig
@@ -61,12 +62,6 @@ type Config struct {
 	// Settle is how long a process is left alone before its memory is
 	// read in scenario 4.
 	Settle time.Duration `json:"s4_settle_ns"`
-
-	// FleetTCPOnly makes the Kubo nodes listen on TCP only, so Kitsune
-	// and the front node reach them over TCP as the clients do (by
-	// default they pick QUIC): an experiment, to see what the transport
-	// of the proxy's back leg costs.
-	FleetTCPOnly bool `json:"fleet_tcp_only,omitempty"`
 
 	Smoke bool `json:"smoke"`
 	// Log receives a line per run; nil discards them.
@@ -117,6 +112,25 @@ type env struct {
 	a, b  *kubotest.Node // the fleet; b only for scenario 3
 	front *kubotest.Node // the kubo-front path's node, peered with the fleet
 	idle  *kubotest.Node // scenario 4's node, restarted per run
+
+	tcpAPIs map[*kubotest.Node]string // see tcpOnlyAPI
+}
+
+// tcpAPI returns n's RPC API as Kitsune sees it on the kitsune-tcp path.
+func (e *env) tcpAPI(n *kubotest.Node) (string, error) {
+	if u, ok := e.tcpAPIs[n]; ok {
+		return u, nil
+	}
+	u, stop, err := tcpOnlyAPI(n)
+	if err != nil {
+		return "", err
+	}
+	e.tb.Cleanup(stop)
+	if e.tcpAPIs == nil {
+		e.tcpAPIs = map[*kubotest.Node]string{}
+	}
+	e.tcpAPIs[n] = u
+	return u, nil
 }
 
 func (e *env) logf(format string, args ...any) {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -47,9 +48,9 @@ func TestSmoke(t *testing.T) {
 	}
 
 	wantPaths := map[int][]string{
-		1: {"direct", "kitsune", "kubo-front", "floor"},
-		2: {"direct", "kitsune", "kubo-front", "floor"},
-		3: {"direct", "kitsune", "kubo-front", "floor"},
+		1: {"direct", "kitsune", "kitsune-tcp", "kubo-front", "floor"},
+		2: {"direct", "kitsune", "kitsune-tcp", "kubo-front", "floor"},
+		3: {"direct", "kitsune", "kitsune-tcp", "kubo-front", "floor"},
 		4: {"direct", "kitsune", "floor"},
 	}
 	// Metrics every path must have produced, and must be > 0.
@@ -61,6 +62,13 @@ func TestSmoke(t *testing.T) {
 	}
 	// Ratios against direct every other path must have, finite and > 0.
 	ratios := map[int][]string{1: {"throughput"}, 2: {"p50_speed", "p99_speed"}, 3: {"aggregate"}, 4: {"rss_per_conn"}}
+	for _, s := range res.Scenarios[:min(3, len(res.Scenarios))] {
+		// The kitsune-tcp path exists to reach the fleet over TCP.
+		want := "kitsune-tcp reached the Kubo node over tcp."
+		if !slices.Contains(s.Notes, want) {
+			t.Errorf("scenario %d: no note %q in %q", s.ID, want, s.Notes)
+		}
+	}
 	if len(res.Scenarios) != 4 {
 		t.Fatalf("%d scenarios ran, want 4", len(res.Scenarios))
 	}
@@ -100,7 +108,7 @@ func TestSmoke(t *testing.T) {
 			}
 			// The proxies ran as processes of their own: their usage
 			// must have been read.
-			if p.Path == "kitsune" || p.Path == "floor" {
+			if p.Path == "kitsune" || p.Path == "kitsune-tcp" || p.Path == "floor" {
 				key := "proxy_peak_rss_mib"
 				if s.ID == 4 {
 					key = "peak_rss_mib"

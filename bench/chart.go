@@ -31,6 +31,7 @@ var chartPaths = []struct {
 	color color.RGBA
 }{
 	{pathKitsune, color.RGBA{R: 0xe0, G: 0x6c, B: 0x1f, A: 0xff}},
+	{pathKitsuneTCP, color.RGBA{R: 0xf2, G: 0xb0, B: 0x7a, A: 0xff}},
 	{pathKuboFront, color.RGBA{R: 0x4a, G: 0x78, B: 0xb8, A: 0xff}},
 	{pathFloor, color.RGBA{R: 0x8a, G: 0x8a, B: 0x8a, A: 0xff}},
 }
@@ -51,7 +52,7 @@ func (r *Results) Chart(file string) error {
 	}
 	p.NominalX(labels...)
 
-	const width = 0.26
+	const width = 0.2
 	ymax := 1.2
 	for pi, cp := range chartPaths {
 		b := &bars{width: width, color: cp.color}
@@ -65,7 +66,7 @@ func (r *Results) Chart(file string) error {
 			if !finite(s.Median) {
 				continue
 			}
-			b.xs = append(b.xs, float64(gi)+float64(pi-1)*width)
+			b.xs = append(b.xs, float64(gi)+(float64(pi)-float64(len(chartPaths)-1)/2)*width)
 			b.ys = append(b.ys, s.Median)
 			b.lo = append(b.lo, s.Min)
 			b.hi = append(b.hi, s.Max)
@@ -86,7 +87,8 @@ func (r *Results) Chart(file string) error {
 		if g.target == 0 {
 			continue
 		}
-		l, err := plotter.NewLine(plotter.XYs{{X: float64(gi) - 1.5*width, Y: g.target}, {X: float64(gi) - 0.5*width, Y: g.target}})
+		x := float64(gi) - float64(len(chartPaths)-1)/2*width // kitsune's bar
+		l, err := plotter.NewLine(plotter.XYs{{X: x - width/2, Y: g.target}, {X: x + width/2, Y: g.target}})
 		if err != nil {
 			return err
 		}

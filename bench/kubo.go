@@ -6,6 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/ipfs/go-cid"
@@ -29,11 +34,7 @@ func kuboOptions() kubotest.Options {
 
 func (e *env) startKubo() *kubotest.Node {
 	e.tb.Helper()
-	opts := kuboOptions()
-	if e.cfg.FleetTCPOnly {
-		opts.Config["Addresses.Swarm"] = []string{"/ip4/127.0.0.1/tcp/0"}
-	}
-	return kubotest.Start(e.tb, opts)
+	return kubotest.Start(e.tb, kuboOptions())
 }
 
 // tcpAddrInfo is how every client reaches a Kubo node: TCP, as through
@@ -159,4 +160,55 @@ func transportFrom(ctx context.Context, n *kubotest.Node, p peer.ID) string {
 		}
 	}
 	return ""
+}
+
+// tcpOnlyAPI serves n's RPC API with /api/v0/id listing only the node's
+// TCP swarm addresses. Kitsune learns where to dial a node from that call,
+// so behind this it reaches the node over TCP, as the clients and the
+// floor do, rather than over the QUIC it picks by itself: the kitsune-tcp
+// path, which shows what the transport of the fleet leg costs.
+func tcpOnlyAPI(n *kubotest.Node) (string, func(), error) {
+	target, err := url.Parse(n.APIURL)
+	if err != nil {
+		return "", nil, err
+	}
+	rp := httputil.NewSingleHostReverseProxy(target)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.URL.Path != "/api/v0/id" || resp.StatusCode != http.StatusOK {
+			return nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		var out map[string]any
+		if err := json.Unmarshal(body, &out); err != nil {
+			return err
+		}
+		var keep []any
+		addrs, _ := out["Addresses"].([]any)
+		for _, a := range addrs {
+			if s, ok := a.(string); ok && strings.Contains(s, "/tcp/") && !strings.Contains(s, "/ws") {
+				keep = append(keep, s)
+			}
+		}
+		out["Addresses"] = keep
+		if body, err = json.Marshal(out); err != nil {
+			return err
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		resp.ContentLength = int64(len(body))
+		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+		resp.Header.Del("Transfer-Encoding")
+		resp.TransferEncoding = nil
+		return nil
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: rp}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
 }

@@ -115,7 +115,7 @@ func (sr *ScenarioResult) get(p string) *PathResult {
 
 // finish sorts the paths, summarises the runs and evaluates the targets.
 func (sr *ScenarioResult) finish() {
-	order := []string{pathDirect, pathKitsune, pathKuboFront, pathFloor}
+	order := []string{pathDirect, pathKitsune, pathKitsuneTCP, pathKuboFront, pathFloor}
 	slices.SortFunc(sr.Paths, func(a, b *PathResult) int { return slices.Index(order, a.Path) - slices.Index(order, b.Path) })
 	direct := sr.get(pathDirect)
 	for _, pr := range sr.Paths {

@@ -36,7 +36,6 @@ func main() {
 		command   = flag.String("command", "", "how this run was started, for the report (default: the command line)")
 		profile   = flag.String("profile", "", "instead of benchmarking, record Kitsune's CPU profiles under scenario 1's and 3's loads and its heap with scenario 4's idle connections into this directory (needs Kitsune's --admin)")
 		profSecs  = flag.Int("profile-seconds", 20, "length of each CPU profile")
-		fleetTCP  = flag.Bool("fleet-tcp-only", false, "experiment: the Kubo nodes listen on TCP only, so Kitsune and the front node reach them over TCP (they pick QUIC otherwise)")
 	)
 	flag.Parse()
 
@@ -48,7 +47,6 @@ func main() {
 		cfg.FileSize, cfg.Blocks, cfg.Clients, cfg.IdleConns = *fileMiB<<20, *blocks, *clients, *conns
 	}
 	cfg.KitsuneBin = *kitsune
-	cfg.FleetTCPOnly = *fleetTCP
 	cfg.KitsuneFlags = strings.Fields(*kflags)
 	cfg.Log = os.Stderr
 	cfg.Revision = revision()
