@@ -37,6 +37,9 @@ func TestFetchFromKubo(t *testing.T) {
 		t.Fatalf("fetched %d bytes sha256 %s, want %d bytes %x", res.Bytes, res.SHA256, len(content), want)
 	}
 	t.Logf("helia fetched %s (%d bytes) in %d ms (%v with node start-up)", cid, res.Bytes, res.MS, res.Wall.Round(time.Millisecond))
+	// Node's start-up (loading Helia) is seconds on an idle machine and
+	// several times that on a loaded one; time limits below allow for it.
+	startup := res.Wall - time.Duration(res.MS)*time.Millisecond
 
 	// A directory path, and a CID Kubo does not have: that must fail in time.
 	tmp := t.TempDir()
@@ -62,8 +65,8 @@ func TestFetchFromKubo(t *testing.T) {
 	if !strings.Contains(strings.ToLower(res.Error), "abort") {
 		t.Fatalf("missing block: %q, want Helia's abort on timeout", res.Error)
 	}
-	if res.Wall > 15*time.Second {
-		t.Fatalf("fetch of a missing block took %v despite a 3 s timeout", res.Wall)
+	if limit := 3*time.Second + 2*startup + 5*time.Second; res.Wall > limit {
+		t.Fatalf("fetch of a missing block took %v despite a 3 s timeout (limit %v with start-up)", res.Wall, limit)
 	}
 }
 
