@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"testing"
@@ -12,9 +13,12 @@ import (
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	pb "github.com/ipfs/boxo/bitswap/message/pb"
 	bsnetiface "github.com/ipfs/boxo/bitswap/network"
+	"github.com/ipfs/boxo/bitswap/network/bsnet"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"go.uber.org/zap"
 )
 
 const bitswap120 = "/ipfs/bitswap/1.2.0"
@@ -234,4 +238,57 @@ func TestMalformedMessageClosesOnlyItsStream(t *testing.T) {
 		t.Fatalf("another peer: %v", err)
 	}
 	e.waitIdle()
+}
+
+// deafNet is a front network whose receivers never hear PeerDisconnected:
+// what bsnet's connect-event manager does for a peer that connects, sends
+// and leaves before its worker ran (it coalesces connected+disconnected
+// into nothing).
+type deafNet struct{ bsnetiface.BitSwapNetwork }
+
+func (n deafNet) Start(rs ...bsnetiface.Receiver) {
+	wrapped := make([]bsnetiface.Receiver, len(rs))
+	for i, r := range rs {
+		wrapped[i] = deafReceiver{r}
+	}
+	n.BitSwapNetwork.Start(wrapped...)
+}
+
+type deafReceiver struct{ bsnetiface.Receiver }
+
+func (deafReceiver) PeerDisconnected(peer.ID) {}
+
+// A peer whose disconnect bsnet never reports still leaves the relay's
+// tables: a 20,000-peer churn soak left 2 peers and their wants behind for
+// good, because bsnet's event manager had coalesced their connect and
+// disconnect.
+func TestPeerGoneWithoutBsnetEvent(t *testing.T) {
+	front, back := newHost(t), newHost(t)
+	down := newStaticDown()
+	r := New(Config{}, deafNet{bsnet.NewFromIpfsHost(GuardStreams(front))}, bsnet.NewFromIpfsHost(back), down, zap.NewNop())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r.Start(ctx)
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+
+	h := newHost(t)
+	connect(t, h, front)
+	net := bsnet.NewFromIpfsHost(h)
+	s, err := net.NewMessageSender(ctx, front.ID(), &bsnetiface.MessageSenderOpts{MaxRetries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := bsmsg.New(false)
+	m.AddEntry(missingCid(t), 1, pb.Message_Wantlist_Block, true)
+	if err := s.SendMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string { return fmt.Sprintf("the want in the table: %+v", r.Stats()) }, func() bool {
+		return r.Stats().Wants == 1
+	})
+	_ = h.Close()
+	eventually(t, 5*time.Second, func() string { return fmt.Sprintf("the departed peer gone from the tables: %+v", r.Stats()) }, func() bool {
+		st := r.Stats()
+		return st.Peers == 0 && st.Wants == 0
+	})
 }

@@ -19,6 +19,7 @@ import (
 	bsnet "github.com/ipfs/boxo/bitswap/network"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/zap"
 
@@ -210,6 +211,8 @@ type Relay struct {
 	reverse  map[cid.Cid]*rwant
 
 	counters Counters
+	// gone hears the front host's disconnects (see Start).
+	gone *network.NotifyBundle
 }
 
 // Counters are cumulative totals, read with Counters().
@@ -264,6 +267,17 @@ func (r *Relay) Start(ctx context.Context) {
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	r.back.Start(backReceiver{r})
 	r.front.Start(frontReceiver{r})
+	// bsnet reports a disconnect only for a peer its event worker saw
+	// connected: one that connects, sends wants and leaves before that
+	// worker runs is never reported gone, and its wants stayed for good
+	// (2 peers in a 20,000-peer churn). The host's own notification is
+	// not coalesced; upstreamGone is idempotent.
+	r.gone = &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
+		if p := c.RemotePeer(); n.Connectedness(p) != network.Connected {
+			r.upstreamGone(p)
+		}
+	}}
+	r.front.Host().Network().Notify(r.gone)
 	go r.watchSilence(r.ctx)
 }
 
@@ -271,6 +285,9 @@ func (r *Relay) Start(ctx context.Context) {
 // ledgers do not keep Kitsune's wants after it is gone, then stops both
 // networks.
 func (r *Relay) Close(ctx context.Context) error {
+	if r.gone != nil {
+		r.front.Host().Network().StopNotify(r.gone)
+	}
 	r.front.Stop()
 	r.mu.Lock()
 	byNode := make(map[peer.ID][]cid.Cid)
