@@ -11,7 +11,7 @@ HELIA_DIR := testdata/helia
 HELIA_STAMP := $(HELIA_DIR)/node_modules/.package-lock.json
 TEST_FLAGS ?= -timeout 40m
 
-.PHONY: all build kubo helia run test vet fmt-check clean bench fuzz fuzz-short
+.PHONY: all build kubo helia run test vet fmt-check clean bench fuzz fuzz-short soak
 
 all: build
 
@@ -69,6 +69,17 @@ fuzz:
 # Short fixed runs for CI: minimising new inputs would eat the time.
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_SHORT) FUZZ_MINIMIZE=1s
+
+# Soak (not part of `make test`): the churn and flood tests at scale,
+# repeated; SOAK_PEERS peers come and go in each churn run. Goroutines,
+# relay tables, connections, peerstore and heap must return to baseline
+# every time. About 2 minutes per run with the defaults.
+SOAK_PEERS ?= 20000
+SOAK_COUNT ?= 3
+
+soak: kubo
+	KITSUNE_KUBO_BIN=$(KUBO) KITSUNE_SOAK_PEERS=$(SOAK_PEERS) $(GO) test -timeout 2h -count $(SOAK_COUNT) -v \
+		-run 'TestUpstreamChurnReturnsToBaseline|TestFloodingPeerIsBounded|TestStreamFloodDoesNotPinMemory' ./cmd/kitsune ./bitswap
 
 # Benchmarks (not part of `make test`, whose smoke test runs every scenario
 # at tiny sizes): Kitsune against direct Kubo, a Kubo front node and a

@@ -169,26 +169,7 @@ func NewFront(cfg FrontConfig) (host.Host, error) {
 		return nil, fmt.Errorf("front host: %w", err)
 	}
 	closeWithHost(h, rm)
-	forgetDeparted(h)
 	return h, nil
-}
-
-// forgetDeparted removes a peer from the front host's peerstore once its
-// last connection closes. go-libp2p's in-memory peerstore keeps every
-// peer's public key, protocols and identify metadata for the life of the
-// host, and browsers come back under a new peer ID on each page load: on a
-// public proxy that grew without bound (about 500 entries for 500 peers
-// that came and went). Kitsune never dials upstream peers, so nothing it
-// needs is lost; a peer that reconnects is identified again.
-func forgetDeparted(h host.Host) {
-	h.Network().Notify(&network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
-		p := c.RemotePeer()
-		if n.Connectedness(p) == network.Connected {
-			return
-		}
-		h.Peerstore().RemovePeer(p)
-		h.Peerstore().ClearAddrs(p)
-	}})
 }
 
 // closeWithHost closes the resource manager when the host closes: go-libp2p
