@@ -72,8 +72,8 @@ fuzz-short:
 
 # Soak (not part of `make test`): the churn and flood tests at scale,
 # repeated; SOAK_PEERS peers come and go in each churn run. Goroutines,
-# relay tables, connections, peerstore and heap must return to baseline
-# every time. About 2 minutes per run with the defaults.
+# relay tables, connections and heap must return to baseline every time.
+# About 3 minutes per run with the defaults.
 SOAK_PEERS ?= 20000
 SOAK_COUNT ?= 3
 
