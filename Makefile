@@ -84,7 +84,7 @@ soak: kubo
 # Benchmarks (not part of `make test`, whose smoke test runs every scenario
 # at tiny sizes): Kitsune against direct Kubo, a Kubo front node and a
 # minimal forwarder. Writes bench/results/ (JSON, Markdown, ratios.png);
-# about 10 minutes on 2 cores. Extra flags: make bench BENCH_FLAGS="-runs12 3".
+# about 7 minutes on 2 cores. Extra flags: make bench BENCH_FLAGS="-runs12 3".
 BENCH       := $(CURDIR)/bin/kitsune-bench
 BENCH_FLAGS ?=
 
