@@ -115,3 +115,19 @@ func TestOptionsFill(t *testing.T) {
 		t.Errorf("max below min: MaxTimeout %v, MaxBackoff %v", o.MaxTimeout, o.MaxBackoff)
 	}
 }
+
+func TestPreferTCP(t *testing.T) {
+	in := []ma.Multiaddr{
+		ma.StringCast("/ip4/127.0.0.1/udp/4001/quic-v1"),
+		ma.StringCast("/ip4/127.0.0.1/tcp/4001"),
+		ma.StringCast("/ip4/127.0.0.1/tcp/4002/ws"),
+	}
+	got := preferTCP(in)
+	if len(got) != 1 || got[0].String() != "/ip4/127.0.0.1/tcp/4001" {
+		t.Fatalf("preferTCP(%v) = %v, want the plain TCP address only", in, got)
+	}
+	quicOnly := in[:1]
+	if got := preferTCP(quicOnly); len(got) != 1 || !got[0].Equal(quicOnly[0]) {
+		t.Fatalf("a node offering only QUIC must keep it, got %v", got)
+	}
+}
