@@ -362,6 +362,14 @@ func (p *Pool) maintain(ctx context.Context, n *Node) {
 	}
 	p.setDisconnected(n, log)
 	if id := n.ID(); id != "" {
+		if other := p.sharing(n, id); other != nil {
+			// The same Kubo node is a member under another address (a
+			// hostname and its IP): its connection is still in use.
+			p.mu.Lock()
+			p.byID[id] = other
+			p.mu.Unlock()
+			return
+		}
 		p.host.ConnManager().Unprotect(id, protectTag)
 		p.mu.Lock()
 		if p.byID[id] == n {
@@ -554,7 +562,30 @@ func (p *Pool) setDisconnected(n *Node, log *zap.Logger) {
 		return
 	}
 	log.Info("downstream left", zap.Stringer("peer", id))
+	if p.sharing(n, id) != nil {
+		return // still reachable through the member that shares it
+	}
 	p.emit(func(l Listener) { l.NodeDown(id, false) })
+}
+
+// sharing returns another member that is the same peer as n and is
+// connected, if there is one.
+func (p *Pool) sharing(n *Node, id peer.ID) *Node {
+	p.mu.Lock()
+	nodes := slices.Clone(p.nodes)
+	p.mu.Unlock()
+	for _, o := range nodes {
+		if o == n {
+			continue
+		}
+		o.mu.Lock()
+		same := o.id == id && o.connected
+		o.mu.Unlock()
+		if same {
+			return o
+		}
+	}
+	return nil
 }
 
 // Nodes returns a snapshot of every member node.

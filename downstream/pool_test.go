@@ -869,3 +869,34 @@ func TestPoolRemoveAndAdd(t *testing.T) {
 		t.Error("a removed node's peer is still protected")
 	}
 }
+
+// The same Kubo node listed under two addresses (a hostname and its IP):
+// removing one leaves the node connected and usable through the other.
+func TestPoolSameNodeTwoAddresses(t *testing.T) {
+	k := newFakeKubo(t)
+	alias := strings.Replace(k.url(), "127.0.0.1", "localhost", 1)
+	rp := startPool(t, fastOptions(), k)
+	id := k.id()
+	_, i := rp.rec.wait(t, 0, 5*time.Second, isUp(id), "node up")
+	if err := rp.SetMembers("alias", []string{alias}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the alias to connect", func() bool { return rp.status(t, alias).Connected })
+	i = len(rp.rec.all())
+	if err := rp.SetMembers("test", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "the first address to leave", func() bool { return rp.Len() == 1 })
+	time.Sleep(300 * time.Millisecond)
+	for _, e := range rp.rec.all()[i:] {
+		if !e.up {
+			t.Fatalf("NodeDown for a peer still a member under another address: %v", e)
+		}
+	}
+	if rp.host.Network().Connectedness(id) != network.Connected || !rp.host.ConnManager().IsProtected(id, protectTag) {
+		t.Fatal("the shared connection was closed or unprotected")
+	}
+	if got, ok := rp.Pick(randCIDs(t, 1)[0], nil); !ok || got != id {
+		t.Fatalf("Pick = %s, %v; want the node through its other address", got, ok)
+	}
+}

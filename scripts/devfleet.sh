@@ -63,8 +63,12 @@ for i in $(seq 1 20); do echo "document $i" >"$DIR/sample/docs/doc-$i.txt"; done
 SAMPLE=$(IPFS_PATH="$DIR/node1" "$IPFS" add -Q -r "$DIR/sample")
 HELLO=$(IPFS_PATH="$DIR/node2" "$IPFS" add -Q "$DIR/sample/hello.txt")
 
+# The dashboard on its usual port, or any free one if that is taken.
+ADMIN=127.0.0.1:5080
+if (exec 3<>/dev/tcp/127.0.0.1/5080) 2>/dev/null; then ADMIN=127.0.0.1:0; fi
 "$KITSUNE" -d "$API1,$API2" -l /ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/udp/0/quic-v1 \
-	-w /ip4/127.0.0.1/tcp/0/ws -k "$DIR/kitsune.key" >"$DIR/kitsune.out" 2>"$DIR/kitsune.log" &
+	-w /ip4/127.0.0.1/tcp/0/ws -k "$DIR/kitsune.key" --admin "$ADMIN" \
+	>"$DIR/kitsune.out" 2>"$DIR/kitsune.log" &
 PIDS+=($!)
 for _ in $(seq 1 50); do grep -q '/p2p/' "$DIR/kitsune.out" 2>/dev/null && break; sleep 0.2; done
 cat "$DIR/kitsune.out"
