@@ -80,7 +80,7 @@ func (r *Results) Markdown(level int) string {
 	b.WriteString("Medians over the runs, min–max in brackets. *vs direct* compares each run with the direct run of the same round, then takes the median. " +
 		"*proxy* is whatever stands between client and node: the Kitsune or forwarder process (started fresh for each run), or the front Kubo node. " +
 		"Clients, Kubo nodes and proxy all share the machine's cores, so a proxy's CPU time comes straight out of the throughput the others get. " +
-		"Paths: *direct* (client straight to the node), *kitsune* (client to Kitsune only; Kitsune dials the nodes as it chooses, which on loopback is QUIC), " +
+		"Paths: *direct* (client straight to the node), *kitsune* (client to Kitsune only; Kitsune dials the nodes over TCP when they offer it, as they do here), " +
 		"*kitsune-tcp* (the same, but Kitsune is shown only the nodes' TCP addresses, so its leg to the fleet is TCP like every other leg; an experiment, not a setting), " +
 		"*kubo-front* (client to a Kubo node peered with the fleet, warmed with `refs -r` through its RPC API, warm-up included), " +
 		"*floor* (a minimal terminating forwarder: accepts each stream, opens one of the same protocol to the node, copies bytes both ways; TCP, Noise, yamux on both legs).\n\n")
