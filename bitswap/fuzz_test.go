@@ -3,11 +3,8 @@ package bitswap
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -364,24 +361,4 @@ func mustRawCid(data []byte) cid.Cid {
 func mustBlock(data []byte) blocks.Block {
 	b, _ := blocks.NewBlockWithCid(data, mustRawCid(data))
 	return b
-}
-
-// TestWriteFuzzSeeds rewrites testdata/fuzz/FuzzRelayMessages from
-// fuzzSeeds when KITSUNE_WRITE_FUZZ_SEEDS is set.
-func TestWriteFuzzSeeds(t *testing.T) {
-	if os.Getenv("KITSUNE_WRITE_FUZZ_SEEDS") == "" {
-		t.Skip("set KITSUNE_WRITE_FUZZ_SEEDS=1 to rewrite the seed corpus")
-	}
-	dir := filepath.Join("testdata", "fuzz", "FuzzRelayMessages")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range fuzzSeeds(t) {
-		body := fmt.Sprintf("go test fuzz v1\nbyte(%q)\n[]byte(%q)\n[]byte(%q)\n", rune(s.ctl), s.a, s.b)
-		sum := sha256.Sum256([]byte(s.name))
-		name := fmt.Sprintf("seed-%x", sum[:8])
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 }

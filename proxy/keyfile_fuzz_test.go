@@ -2,10 +2,6 @@ package proxy
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"fmt"
 	"os"
@@ -92,34 +88,6 @@ func checkKeyWorks(t *testing.T, key crypto.PrivKey) {
 	if !id.MatchesPrivateKey(key) {
 		t.Fatalf("peer ID %s does not match its key", id)
 	}
-}
-
-// TestWriteKeyFuzzSeeds rewrites testdata/fuzz/FuzzLoadKeyFile when
-// KITSUNE_WRITE_FUZZ_SEEDS is set: a key of each type libp2p knows, and
-// the broken files an operator could end up with.
-func TestWriteKeyFuzzSeeds(t *testing.T) {
-	if os.Getenv("KITSUNE_WRITE_FUZZ_SEEDS") == "" {
-		t.Skip("set KITSUNE_WRITE_FUZZ_SEEDS=1 to rewrite the seed corpus")
-	}
-	seeds := map[string][]byte{"empty": nil, "text": []byte("not a key\n")}
-	ed, _, _ := crypto.GenerateEd25519Key(rand.Reader)
-	secp, _, _ := crypto.GenerateSecp256k1Key(rand.Reader)
-	ecStd, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	ec, _, _ := crypto.ECDSAKeyPairFromKey(ecStd)
-	rsaStd, _ := rsa.GenerateKey(rand.Reader, 2048)
-	rsaKey, _, _ := crypto.KeyPairFromStdKey(rsaStd)
-	for name, k := range map[string]crypto.PrivKey{"ed25519": ed, "secp256k1": secp, "ecdsa": ec, "rsa2048": rsaKey} {
-		raw, err := crypto.MarshalPrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seeds[name] = raw
-		seeds[name+"-truncated"] = raw[:len(raw)/2]
-		seeds[name+"-trailing-newline"] = append(bytes.Clone(raw), '\n')
-		pub, _ := crypto.MarshalPublicKey(k.GetPublic())
-		seeds[name+"-public-key"] = pub
-	}
-	writeSeeds(t, "FuzzLoadKeyFile", seeds)
 }
 
 func writeSeeds(t *testing.T, target string, seeds map[string][]byte) {
