@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -617,30 +616,30 @@ func (p *Pool) Pick(c cid.Cid, skip func(peer.ID) bool) (peer.ID, bool) {
 	nodes := slices.Clone(p.nodes)
 	p.mu.Unlock()
 	var healthy, ejected []Candidate
-	fails := make(map[peer.ID]int)
+	var ejectedFails []int // failures of each ejected candidate
 	for _, n := range nodes {
 		n.mu.Lock()
-		id, up, st := n.id, n.connected, n.state
+		id, up, st, fails := n.id, n.connected, n.state, n.failures
 		cand := Candidate{ID: id, URL: n.URL, InFlight: n.inFlight, Latency: n.ewma}
-		fails[id] = n.failures
 		n.mu.Unlock()
 		if !up || (skip != nil && skip(id)) {
 			continue
 		}
 		if st == StateEjected {
 			ejected = append(ejected, cand)
+			ejectedFails = append(ejectedFails, fails)
 		} else {
 			healthy = append(healthy, cand)
 		}
 	}
 	cands := healthy
 	if len(cands) == 0 && len(ejected) > 0 {
-		sort.SliceStable(ejected, func(i, j int) bool { return fails[ejected[i].ID] < fails[ejected[j].ID] })
-		least := fails[ejected[0].ID]
-		for len(ejected) > 0 && fails[ejected[len(ejected)-1].ID] > least {
-			ejected = ejected[:len(ejected)-1]
+		least := slices.Min(ejectedFails)
+		for i, c := range ejected {
+			if ejectedFails[i] == least {
+				cands = append(cands, c)
+			}
 		}
-		cands = ejected
 		p.mu.Lock()
 		warn := time.Since(p.lastWarn) > 10*time.Second
 		if warn {
