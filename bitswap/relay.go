@@ -358,9 +358,12 @@ type frontReceiver struct{ r *Relay }
 func (f frontReceiver) ReceiveMessage(ctx context.Context, p peer.ID, msg bsmsg.BitSwapMessage) {
 	f.r.fromUpstream(p, msg)
 }
-func (f frontReceiver) ReceiveError(error)         {}
-func (f frontReceiver) PeerConnected(peer.ID)      {}
-func (f frontReceiver) PeerDisconnected(p peer.ID) { f.r.upstreamGone(p) }
+func (f frontReceiver) ReceiveError(error)    {}
+func (f frontReceiver) PeerConnected(peer.ID) {}
+
+// PeerDisconnected is left to the front host's own notification (see
+// Start), which bsnet's coalesced events can miss.
+func (f frontReceiver) PeerDisconnected(peer.ID) {}
 
 // wantsTag protects an upstream peer with wants in flight from the
 // connection manager: trimming it would throw away work the fleet is doing
