@@ -237,6 +237,7 @@ type staticDown struct {
 	mu      sync.Mutex
 	order   []peer.ID
 	up      map[peer.ID]bool
+	ejected map[peer.ID]bool
 	next    int
 	timeout time.Duration
 	sent    map[peer.ID]int
@@ -247,6 +248,7 @@ type staticDown struct {
 func newStaticDown() *staticDown {
 	return &staticDown{
 		up:      make(map[peer.ID]bool),
+		ejected: make(map[peer.ID]bool),
 		timeout: time.Hour, // frozen test nodes stay frozen unless a test says otherwise
 		sent:    make(map[peer.ID]int),
 		done:    make(map[peer.ID]map[downstream.Outcome]int),
@@ -277,7 +279,23 @@ func (d *staticDown) Pick(_ cid.Cid, skip func(peer.ID) bool) (peer.ID, bool) {
 		d.next = (d.next + i + 1) % len(d.order)
 		return id, true
 	}
+	// Like the real pool, never empty by ejection: with no node up, the
+	// ejected ones are offered.
+	for _, id := range d.order {
+		if d.ejected[id] && (skip == nil || !skip(id)) {
+			return id, true
+		}
+	}
 	return "", false
+}
+
+// eject marks a node ejected (still connected): Pick offers it only when
+// no node is up.
+func (d *staticDown) eject(id peer.ID) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.up[id] = false
+	d.ejected[id] = true
 }
 
 func (d *staticDown) IsNode(id peer.ID) bool {

@@ -173,7 +173,10 @@ type upstream struct {
 type node struct {
 	outstanding int
 	up          bool
-	out         *wantOutbox
+	// connected is false once the pool said the connection is gone; an
+	// ejected node stays connected, and Pick may still offer it.
+	connected bool
+	out       *wantOutbox
 	// wants are those outstanding here, for failover without a scan of
 	// the whole table.
 	wants map[cid.Cid]*want
@@ -238,6 +241,9 @@ type Counters struct {
 	ReverseBytes  atomic.Uint64
 	Deferred      atomic.Uint64 // blocks set aside for a peer reading too slowly
 	BadBlocks     atomic.Uint64 // blocks from a node that match nothing it was asked for
+	// Wants Kitsune answers itself, never forwarded (local.go).
+	RefusedWants atomic.Uint64 // CIDs longer than a Kubo node accepts
+	InlineBlocks atomic.Uint64 // identity CIDs answered from the CID
 }
 
 // New builds a relay; Start attaches it to the networks.
@@ -421,6 +427,9 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 			continue
 		}
 		r.counters.WantsReceived.Add(1)
+		if r.answerLocallyLocked(u, e) {
+			continue
+		}
 		r.addWanterLocked(p, u, e)
 	}
 	switch has := len(u.wants) > 0; {
@@ -430,6 +439,34 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		r.front.Unprotect(p, wantsTag)
 	}
 	r.drainQueueLocked()
+}
+
+// answerLocallyLocked answers a want no fleet node would (see local.go)
+// and reports whether it did; such wants never enter the table.
+func (r *Relay) answerLocallyLocked(u *upstream, e bsmsg.Entry) bool {
+	switch classify(e.Cid) {
+	case refuse:
+		r.counters.RefusedWants.Add(1)
+		if e.SendDontHave {
+			u.out.addPresence(r.ctx, e.Cid, pb.Message_DontHave)
+			r.counters.DontHavesOut.Add(1)
+		}
+		return true
+	case inline:
+		b, ok := identityBlock(e.Cid)
+		if !ok {
+			return true // a multihash that does not parse: nothing to answer
+		}
+		r.counters.InlineBlocks.Add(1)
+		if e.WantType == pb.Message_Wantlist_Block || len(b.RawData()) <= r.cfg.MaxHaveBlockSize {
+			u.out.addBlock(r.ctx, b)
+		} else {
+			u.out.addPresence(r.ctx, e.Cid, pb.Message_Have)
+			r.counters.HavesOut.Add(1)
+		}
+		return true
+	}
+	return false
 }
 
 func (r *Relay) newUpstreamLocked(p peer.ID) *upstream {
@@ -562,7 +599,7 @@ func (r *Relay) upstreamGone(p peer.ID) {
 func (r *Relay) nodeLocked(id peer.ID) *node {
 	n := r.nodes[id]
 	if n == nil {
-		n = &node{out: newWantOutbox(id, r.back, r.log), wants: make(map[cid.Cid]*want), lastHeard: time.Now(), asked: newHintCache(4096)}
+		n = &node{connected: true, out: newWantOutbox(id, r.back, r.log), wants: make(map[cid.Cid]*want), lastHeard: time.Now(), asked: newHintCache(4096)}
 		r.nodes[id] = n
 	}
 	return n
@@ -722,10 +759,26 @@ func (r *Relay) drainQueueLocked() {
 	}
 }
 
-// roomLocked reports whether any usable node can take another want.
+// roomLocked reports whether a node the pool would offer can take another
+// want. It follows Pick: while any node is up only those count, and when
+// every node is ejected Pick still offers the connected ones, so they do
+// (without this the queue froze once the whole fleet was ejected). It is
+// an upper bound: a want it lets through may queue again.
 func (r *Relay) roomLocked() bool {
+	anyUp := false
 	for _, n := range r.nodes {
-		if n.up && n.outstanding < r.cfg.MaxInFlightPerNode {
+		if n.up {
+			anyUp = true
+			if n.outstanding < r.cfg.MaxInFlightPerNode {
+				return true
+			}
+		}
+	}
+	if anyUp {
+		return false
+	}
+	for _, n := range r.nodes {
+		if n.connected && n.outstanding < r.cfg.MaxInFlightPerNode {
 			return true
 		}
 	}
@@ -894,7 +947,7 @@ func (r *Relay) NodeUp(id peer.ID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := r.nodeLocked(id)
-	n.up = true
+	n.up, n.connected = true, true
 	n.lastHeard = time.Now()
 	// Wants nobody had may be on the new node.
 	for _, w := range r.wants {
@@ -915,7 +968,7 @@ func (r *Relay) NodeDown(id peer.ID, connected bool) {
 	if n == nil {
 		return
 	}
-	n.up = false
+	n.up, n.connected = false, connected
 	if !connected {
 		n.out.reset()
 	}
@@ -980,6 +1033,11 @@ func (r *Relay) checkSilence() {
 		}
 		// Look again one timeout from now, not at every tick.
 		n.lastHeard = now
+		// One silence is one failure, however many wants it held up: a
+		// node stalled once (a GC pause, a slow disk) with a few wants out
+		// used to count a failure per want and was ejected at once. The
+		// first want moved reports it; the others are only cancelled.
+		outcome := downstream.OutcomeFailed
 		for _, w := range late {
 			alt, ok := r.down.Pick(w.c, func(p peer.ID) bool {
 				_, t := w.tried[p]
@@ -988,9 +1046,8 @@ func (r *Relay) checkSilence() {
 			if !ok {
 				continue // nowhere better: keep waiting on this node
 			}
-			// Each want that timed out is a failure of the node's: a few
-			// in a row eject it.
-			r.unassignLocked(w, downstream.OutcomeFailed, true)
+			r.unassignLocked(w, outcome, true)
+			outcome = downstream.OutcomeCancelled
 			w.tried[id] = struct{}{}
 			r.counters.Failovers.Add(1)
 			r.counters.Timeouts.Add(1)

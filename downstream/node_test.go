@@ -103,7 +103,7 @@ func TestOptionsFill(t *testing.T) {
 		t.Errorf("default policy %#v; want affinity with ε 0.25", o.Policy)
 	}
 	if o.HealthInterval != 5*time.Second || o.HealthTimeout != 2*time.Second || o.EjectAfter != 3 ||
-		o.EjectBase != 10*time.Second || o.EjectMax != 5*time.Minute || o.MinTimeout != time.Second ||
+		o.EjectBase != 10*time.Second || o.EjectMax != 5*time.Minute || o.MinTimeout != 2*time.Second ||
 		o.MaxTimeout != 10*time.Second || o.MinBackoff != 250*time.Millisecond || o.MaxBackoff != 30*time.Second ||
 		o.DialTimeout != 10*time.Second {
 		t.Errorf("defaults: %+v", o)

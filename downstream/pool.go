@@ -70,7 +70,8 @@ type Options struct {
 	// doubles it up to EjectMax (10s, 5m).
 	EjectBase, EjectMax time.Duration
 	// MinTimeout and MaxTimeout bound the per-node want timeout derived
-	// from its latency (1s, 10s).
+	// from its latency (2s, 10s). The floor lets a node ride out a stall
+	// (a GC pause, a slow disk) of a second or so.
 	MinTimeout, MaxTimeout time.Duration
 	// Observer, when set, hears how every want ended (metrics).
 	Observer Observer
@@ -101,7 +102,7 @@ func (o *Options) fill() {
 	def(&o.HealthTimeout, 2*time.Second)
 	def(&o.EjectBase, 10*time.Second)
 	def(&o.EjectMax, 5*time.Minute)
-	def(&o.MinTimeout, time.Second)
+	def(&o.MinTimeout, 2*time.Second)
 	def(&o.MaxTimeout, 10*time.Second)
 	if o.EjectAfter <= 0 {
 		o.EjectAfter = 3

@@ -900,3 +900,22 @@ func TestPoolSameNodeTwoAddresses(t *testing.T) {
 		t.Fatalf("Pick = %s, %v; want the node through its other address", got, ok)
 	}
 }
+
+// Issue 11, hole 6: with the default floor, a fast node that stalls for
+// 1.5 s (a GC pause, a slow disk) is not silent for longer than its
+// timeout, so nothing is held against it.
+func TestDefaultTimeoutOutlastsAStall(t *testing.T) {
+	k := newFakeKubo(t)
+	opts := fastOptions()
+	opts.MinTimeout, opts.MaxTimeout = 0, 0 // the defaults
+	rp := startPool(t, opts, k)
+	id := k.id()
+	rp.rec.wait(t, 0, 5*time.Second, isUp(id), "NodeUp")
+	for range 60 {
+		rp.Sent(id)
+		rp.Done(id, OutcomeBlock, time.Millisecond)
+	}
+	if got := rp.Timeout(id); got < 2*time.Second {
+		t.Errorf("a fast node's silence timeout is %v: a 1.5 s stall would count against it", got)
+	}
+}

@@ -25,7 +25,7 @@ type poolFlags struct {
 	EjectAfter      int           `name:"eject-after" env:"KITSUNE_EJECT_AFTER" default:"3" help:"Consecutive failures (checks or timed-out wants) that eject a node."`
 	EjectBase       time.Duration `name:"eject-base" env:"KITSUNE_EJECT_BASE" default:"10s" help:"Length of a first ejection; each ejection in a row doubles it."`
 	EjectMax        time.Duration `name:"eject-max" env:"KITSUNE_EJECT_MAX" default:"5m" help:"Longest ejection."`
-	WantTimeoutMin  time.Duration `name:"want-timeout-min" env:"KITSUNE_WANT_TIMEOUT_MIN" default:"1s" help:"Shortest time a silent node may keep a want before it moves elsewhere (the timeout follows the node's latency)."`
+	WantTimeoutMin  time.Duration `name:"want-timeout-min" env:"KITSUNE_WANT_TIMEOUT_MIN" default:"2s" help:"Shortest time a silent node may keep a want before it moves elsewhere (the timeout follows the node's latency)."`
 	WantTimeoutMax  time.Duration `name:"want-timeout-max" env:"KITSUNE_WANT_TIMEOUT_MAX" default:"10s" help:"Longest such time."`
 
 	FetchMisses        bool          `name:"fetch-misses" env:"KITSUNE_FETCH_MISSES" default:"true" negatable:"" help:"When every node says DONT_HAVE, ask one to fetch the block from its own peers before telling the client (--no-fetch-misses to turn off)."`

@@ -1,0 +1,153 @@
+package bitswap
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"testing"
+	"time"
+
+	bsmsg "github.com/ipfs/boxo/bitswap/message"
+	pb "github.com/ipfs/boxo/bitswap/message/pb"
+	"github.com/ipfs/go-cid"
+	mh "github.com/multiformats/go-multihash"
+
+	"github.com/kitsune-lb/kitsune/downstream"
+)
+
+// Tests of the protocol holes of issue 11, each named after the behaviour.
+
+func identityCid(t *testing.T) (cid.Cid, []byte) {
+	t.Helper()
+	data := make([]byte, 32)
+	_, _ = rand.Read(data)
+	h, err := mh.Sum(data, mh.IDENTITY, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cid.NewCidV1(cid.Raw, h), data
+}
+
+// oversizedCid has a 200-byte SHAKE-256 digest: 205 bytes, over the 168 a
+// Kubo node accepts.
+func oversizedCid(t *testing.T) cid.Cid {
+	t.Helper()
+	digest := make([]byte, 200)
+	_, _ = rand.Read(digest)
+	h, err := mh.Encode(digest, mh.SHAKE_256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cid.NewCidV1(cid.Raw, h)
+	if c.ByteLen() <= maxCidSize {
+		t.Fatalf("test CID is %d bytes, not over %d", c.ByteLen(), maxCidSize)
+	}
+	return c
+}
+
+// Hole 1: a Kubo node ignores identity CIDs and CIDs over its size limit
+// without a reply. Kitsune answers identity CIDs from the CID and refuses
+// oversized ones, so 10,000 of them reach no node, move no node's figures,
+// and do not delay another client's fetch.
+func TestIdentityAndOversizedCidsNeverReachNodes(t *testing.T) {
+	e := newEnv(t, Config{})
+	blk := makeBlock(t, 4000)
+	n := e.addServerNode(0, blk)
+	p := e.newRawPeer()
+
+	const k = 5000
+	ids := make(map[cid.Cid][]byte, k)
+	big := make([]cid.Cid, 0, k)
+	msg := bsmsg.New(false)
+	for range k {
+		c, data := identityCid(t)
+		ids[c] = data
+		msg.AddEntry(c, 1, pb.Message_Wantlist_Block, true)
+		o := oversizedCid(t)
+		big = append(big, o)
+		msg.AddEntry(o, 1, pb.Message_Wantlist_Have, true)
+	}
+	p.send(msg)
+
+	f := e.newFetcher()
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	got, err := f.fetch(ctx, []cid.Cid{blk.Cid()})
+	if err != nil {
+		t.Fatalf("another client's fetch: %v; %s", err, e.describe())
+	}
+	if !bytes.Equal(got[blk.Cid()], blk.RawData()) {
+		t.Fatal("wrong bytes for the other client")
+	}
+
+	eventually(t, 10*time.Second, func() string { return "every identity block and DONT_HAVE: " + e.describe() }, func() bool {
+		return p.got.total() == 2*k
+	})
+	for c, data := range ids {
+		if b, times := p.got.block(c); times != 1 || !bytes.Equal(b, data) {
+			t.Fatalf("identity CID %s: got %d blocks", c, times)
+		}
+	}
+	for _, c := range big {
+		if p.got.dontHave(c) != 1 {
+			t.Fatalf("oversized CID: %d DONT_HAVEs", p.got.dontHave(c))
+		}
+	}
+	if _, _, distinct, _ := n.wlog.totals(); distinct != 1 {
+		t.Errorf("the node was asked for %d CIDs; only the other client's block should reach it", distinct)
+	}
+	if s := e.stats(); s.Wants != 0 || s.Queued != 0 {
+		t.Errorf("wants left in the table: %s", e.describe())
+	}
+	e.waitIdle()
+}
+
+// Hole 5: with every node ejected the pool still offers the least bad
+// ones, and the queue must keep draining onto them.
+func TestQueueDrainsWhenAllNodesEjected(t *testing.T) {
+	e := newEnv(t, Config{MaxInFlightPerNode: 1})
+	b1, b2 := makeBlock(t, 2000), makeBlock(t, 2000)
+	n := e.addRawNode(b1, b2)
+	p := e.newRawPeer()
+	p.wantBlock(b1.Cid(), b2.Cid())
+	eventually(t, 5*time.Second, func() string { return "one out, one queued: " + e.describe() }, func() bool {
+		s := e.stats()
+		return s.Queued == 1 && s.Outstanding[n.h.ID()] == 1
+	})
+	e.down.eject(n.h.ID())
+	e.relay.NodeDown(n.h.ID(), true)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		n.answerOpen()
+		_, k1 := p.got.block(b1.Cid())
+		_, k2 := p.got.block(b2.Cid())
+		if k1 == 1 && k2 == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("blocks %d and %d of 1 each with the only node ejected: %s", k1, k2, e.describe())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.waitIdle()
+}
+
+// Hole 6: one silence is one failure of the node's, however many wants it
+// held up; three wants out used to mean three failures and an ejection.
+func TestOneStallCountsOneFailure(t *testing.T) {
+	e := newEnv(t, Config{CheckInterval: 10 * time.Millisecond})
+	e.down.setTimeout(300 * time.Millisecond)
+	a, b := e.addRawNode(), e.addRawNode()
+	p := e.newRawPeer()
+	p.wantBlock(missingCids(t, 6)...) // three on each, round robin
+	eventually(t, 5*time.Second, func() string { return "both silences seen: " + e.describe() }, func() bool {
+		return e.relay.Counters().Timeouts.Load() >= 6
+	})
+	e.down.setTimeout(time.Hour) // no second silence
+	for _, n := range []*rawNode{a, b} {
+		id := n.h.ID()
+		if got := e.down.penalties(id) + e.down.outcomes(id, downstream.OutcomeFailed); got != 1 {
+			t.Errorf("node %s: %d failures for one silence with three wants out", id, got)
+		}
+	}
+}
