@@ -11,7 +11,7 @@ HELIA_DIR := testdata/helia
 HELIA_STAMP := $(HELIA_DIR)/node_modules/.package-lock.json
 TEST_FLAGS ?= -timeout 40m
 
-.PHONY: all build kubo helia run test vet fmt-check clean bench fuzz fuzz-short soak
+.PHONY: all build kubo helia run test vet fmt-check clean bench fuzz fuzz-short soak docs
 
 all: build
 
@@ -96,3 +96,8 @@ bench: build kubo
 
 clean:
 	rm -rf $(CACHE) bin $(HELIA_DIR)/node_modules
+
+# Reference documents generated from the code; a test fails when they are
+# stale, naming this target.
+docs:
+	$(GO) run ./cmd/kitsune docs config -o docs/configuration.md

@@ -22,6 +22,8 @@ import (
 type cli struct {
 	Run runCmd `cmd:"" help:"Run Kitsune (the default command)."`
 	Key keyCmd `cmd:"" help:"Import an existing node's identity into a key file, or show a key file's peer ID."`
+
+	Docs docsCmd `cmd:"" hidden:"" help:"Generate reference documents from the flags (make docs)."`
 }
 
 // runCmd holds the flags of the proxy itself, one embedded group per part
@@ -29,19 +31,19 @@ type cli struct {
 // original Kitsune's short names (-d, -l, -w, -k); every flag can also come
 // from a KITSUNE_* environment variable.
 type runCmd struct {
-	Downstream []string `short:"d" env:"KITSUNE_DOWNSTREAM" sep:"," placeholder:"ADDR" help:"Comma-separated RPC API addresses of the downstream Kubo nodes, as multiaddrs (/ip4/10.0.1.42/tcp/5001) or URLs (http://10.0.1.42:5001). Required unless --downstream-dns or --downstream-file gives the fleet."`
-	Listen     []string `short:"l" env:"KITSUNE_LISTEN" sep:"," default:"/ip4/0.0.0.0/tcp/0,/ip4/0.0.0.0/udp/0/quic-v1" placeholder:"MULTIADDR" help:"Comma-separated TCP and QUIC-v1 listen multiaddrs for upstream peers (default: all interfaces, random ports)."`
-	WS         []string `short:"w" env:"KITSUNE_WS" sep:"," default:"/ip4/0.0.0.0/tcp/0/ws" placeholder:"MULTIADDR" help:"Comma-separated WebSocket listen multiaddrs, with or without the trailing /ws (default: all interfaces, random port)."`
-	Key        string   `short:"k" env:"KITSUNE_KEY" default:"kitsune.key" type:"path" help:"Key file holding the front host's identity; created (Ed25519, mode 0600) if missing, never overwritten. The back host's key is kept beside it as <file>.back."`
+	Downstream []string `short:"d" group:"fleet" env:"KITSUNE_DOWNSTREAM" sep:"," placeholder:"ADDR" help:"Comma-separated RPC API addresses of the downstream Kubo nodes, as multiaddrs (/ip4/10.0.1.42/tcp/5001) or URLs (http://10.0.1.42:5001). Required unless --downstream-dns or --downstream-file gives the fleet."`
+	Listen     []string `short:"l" group:"front" env:"KITSUNE_LISTEN" sep:"," default:"/ip4/0.0.0.0/tcp/0,/ip4/0.0.0.0/udp/0/quic-v1" placeholder:"MULTIADDR" help:"Comma-separated TCP and QUIC-v1 listen multiaddrs for upstream peers (default: all interfaces, random ports)."`
+	WS         []string `short:"w" group:"front" env:"KITSUNE_WS" sep:"," default:"/ip4/0.0.0.0/tcp/0/ws" placeholder:"MULTIADDR" help:"Comma-separated WebSocket listen multiaddrs, with or without the trailing /ws (default: all interfaces, random port)."`
+	Key        string   `short:"k" group:"front" env:"KITSUNE_KEY" default:"kitsune.key" type:"path" help:"Key file holding the front host's identity; created (Ed25519, mode 0600) if missing, never overwritten. The back host's key is kept beside it as <file>.back."`
 
-	relayFlags `embed:""`
-	frontFlags `embed:""`
-	poolFlags  `embed:""`
+	relayFlags `embed:"" group:"relay"`
+	frontFlags `embed:"" group:"front"`
+	poolFlags  `embed:"" group:"fleet"`
 
-	preloadFlags `embed:""`
-	adminFlags   `embed:""`
+	preloadFlags `embed:"" group:"preload"`
+	adminFlags   `embed:"" group:"admin"`
 
-	LogLevel string `env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
+	LogLevel string `group:"admin" env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }
 
 // relayFlags are the Bitswap relay's limits.
@@ -53,10 +55,7 @@ type relayFlags struct {
 
 func main() {
 	var c cli
-	parser, err := kong.New(&c,
-		kong.Name("kitsune"),
-		kong.Description("A Bitswap reverse proxy and load balancer: one libp2p identity in front of a fleet of Kubo nodes. Without a command, runs the proxy: kitsune -d ADDR[,ADDR...] [flags]."),
-		kong.UsageOnError(),
+	parser, err := newParser(&c,
 		// Kong exits 80 on a usage error; keep the Unix convention of 2.
 		kong.Exit(func(code int) {
 			if code == 80 {
@@ -78,6 +77,17 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// newParser builds the command line model; the docs command and its
+// staleness test read the same model the binary parses with.
+func newParser(c *cli, opts ...kong.Option) (*kong.Kong, error) {
+	return kong.New(c, append([]kong.Option{
+		kong.Name("kitsune"),
+		kong.Description("A Bitswap reverse proxy and load balancer: one libp2p identity in front of a fleet of Kubo nodes. Without a command, runs the proxy: kitsune -d ADDR[,ADDR...] [flags]."),
+		kong.UsageOnError(),
+		kong.ExplicitGroups(flagGroups()),
+	}, opts...)...)
 }
 
 // withDefaultCommand puts "run" in front of arguments that name no command,
