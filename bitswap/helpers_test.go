@@ -243,6 +243,7 @@ type staticDown struct {
 	sent    map[peer.ID]int
 	done    map[peer.ID]map[downstream.Outcome]int
 	penal   map[peer.ID]int
+	fetches int
 }
 
 func newStaticDown() *staticDown {
@@ -327,7 +328,16 @@ func (d *staticDown) Timeout(peer.ID) time.Duration {
 }
 
 func (d *staticDown) Fetch(context.Context, peer.ID, cid.Cid) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.fetches++
 	return errors.New("the test fleet fetches nothing")
+}
+
+func (d *staticDown) fetchCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.fetches
 }
 
 func (d *staticDown) add(id peer.ID) {

@@ -151,3 +151,35 @@ func TestOneStallCountsOneFailure(t *testing.T) {
 		}
 	}
 }
+
+// Hole 7: a miss (every node said DONT_HAVE) makes a node search the
+// network only for a want-block, and one peer gets a bounded number of
+// such searches: Kubo clients broadcast want-have for everything.
+func TestMissFetchOnlyForWantBlockWithinPeerRate(t *testing.T) {
+	e := newEnv(t, Config{FetchMisses: true, MissFetchBurst: 5, MissFetchRate: 1e-6})
+	e.addServerNode(0)
+	p := e.newRawPeer()
+	haves := missingCids(t, 20)
+	p.want(pb.Message_Wantlist_Have, true, haves...)
+	eventually(t, 5*time.Second, func() string { return "DONT_HAVE for every want-have: " + e.describe() }, func() bool {
+		return p.got.total() == len(haves)
+	})
+	if n := e.down.fetchCount(); n != 0 {
+		t.Fatalf("%d miss fetches for want-have broadcasts", n)
+	}
+	blocksWanted := missingCids(t, 40)
+	p.wantBlock(blocksWanted...)
+	eventually(t, 5*time.Second, func() string { return "DONT_HAVE for every want-block: " + e.describe() }, func() bool {
+		return p.got.total() == len(haves)+len(blocksWanted)
+	})
+	if n := e.down.fetchCount(); n != 5 {
+		t.Errorf("%d miss fetches for 40 want-blocks from one peer with a burst of 5", n)
+	}
+	// Another peer has its own allowance.
+	q := e.newRawPeer()
+	q.wantBlock(missingCid(t))
+	eventually(t, 5*time.Second, func() string { return "the other peer's DONT_HAVE: " + e.describe() }, func() bool { return q.got.total() == 1 })
+	if n := e.down.fetchCount(); n != 6 {
+		t.Errorf("%d miss fetches after another peer's want-block; expected 6", n)
+	}
+}

@@ -67,6 +67,13 @@ type Config struct {
 	MissFetchTimeout time.Duration
 	// MissFetchesPerNode bounds the fetches in flight on one node.
 	MissFetchesPerNode int
+	// MissFetchRate and MissFetchBurst bound the miss fetches one upstream
+	// peer may cause (a token bucket: per second, and at once). Only a
+	// want-block causes one: every Kubo client broadcasts want-have for
+	// whatever it looks for, and each would make the fleet search the
+	// network.
+	MissFetchRate  float64
+	MissFetchBurst int
 	// CheckInterval is how often silent nodes are looked for.
 	CheckInterval time.Duration
 	// PeerBufferBytes caps the block bytes queued for one upstream peer.
@@ -84,6 +91,8 @@ const (
 	DefaultMaxHaveBlockSize   = 1024
 	DefaultMissFetchTimeout   = 30 * time.Second
 	DefaultMissFetchesPerNode = 16
+	DefaultMissFetchRate      = 1.0
+	DefaultMissFetchBurst     = 8
 	DefaultPeerBufferBytes    = 16 << 20
 )
 
@@ -93,6 +102,10 @@ func (c *Config) fill() {
 	orDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
 	orDefault(&c.MissFetchTimeout, DefaultMissFetchTimeout)
 	orDefault(&c.MissFetchesPerNode, DefaultMissFetchesPerNode)
+	orDefault(&c.MissFetchBurst, DefaultMissFetchBurst)
+	if c.MissFetchRate <= 0 {
+		c.MissFetchRate = DefaultMissFetchRate
+	}
 	orDefault(&c.PeerBufferBytes, DefaultPeerBufferBytes)
 	orDefault(&c.CheckInterval, 100*time.Millisecond)
 	if c.MaxHaveBlockSize < 0 {
@@ -168,6 +181,8 @@ type upstream struct {
 	deferred map[cid.Cid]wanter
 	// reverse carries Kitsune's own wants to this peer (reverse sessions).
 	reverse *wantOutbox
+	// fetches is the peer's miss-fetch allowance.
+	fetches tokenBucket
 }
 
 type node struct {
@@ -470,7 +485,8 @@ func (r *Relay) answerLocallyLocked(u *upstream, e bsmsg.Entry) bool {
 }
 
 func (r *Relay) newUpstreamLocked(p peer.ID) *upstream {
-	u := &upstream{wants: make(map[cid.Cid]struct{}), deferred: make(map[cid.Cid]wanter)}
+	u := &upstream{wants: make(map[cid.Cid]struct{}), deferred: make(map[cid.Cid]wanter),
+		fetches: newTokenBucket(r.cfg.MissFetchRate, r.cfg.MissFetchBurst, time.Now())}
 	u.out = newReplyOutbox(p, r.front, r.log, r.countSent, r.cfg.PeerBufferBytes, func() { r.resumeDeferred(p) })
 	r.peers[p] = u
 	return u
@@ -684,7 +700,7 @@ func (r *Relay) usableLocked(id peer.ID) bool {
 // fetch it through its RPC API, and the want is sent to that node again
 // once it has the block. Only when that fails do the wanters hear DONT_HAVE.
 func (r *Relay) missLocked(w *want) {
-	if !r.cfg.FetchMisses || w.fetched || w.fetching {
+	if !r.cfg.FetchMisses || w.fetched || w.fetching || !r.chargeFetchLocked(w) {
 		r.exhaustLocked(w)
 		return
 	}
@@ -727,6 +743,22 @@ func (r *Relay) missLocked(w *want) {
 		clear(w.tried)
 		r.dispatchLocked(w)
 	}()
+}
+
+// chargeFetchLocked takes a miss fetch from the allowance of a peer that
+// wants w's block, and reports whether one had any left. Want-have alone
+// never fetches.
+func (r *Relay) chargeFetchLocked(w *want) bool {
+	now := time.Now()
+	for p, wr := range w.wanters {
+		if wr.wantType != pb.Message_Wantlist_Block {
+			continue
+		}
+		if u := r.peers[p]; u != nil && u.fetches.take(now) {
+			return true
+		}
+	}
+	return false
 }
 
 // exhaustLocked tells the wanters that asked for it that nobody has w.
