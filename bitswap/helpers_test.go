@@ -119,6 +119,32 @@ func holds(t *testing.T, d time.Duration, what func() string, cond func() bool) 
 type tapNet struct {
 	bsnetiface.BitSwapNetwork
 	onRecv func(from peer.ID, msg bsmsg.BitSwapMessage)
+
+	protMu    sync.Mutex
+	protected map[peer.ID]bool // by the relay's wants tag
+}
+
+func (n *tapNet) Protect(p peer.ID, tag string) {
+	n.protMu.Lock()
+	if n.protected == nil {
+		n.protected = make(map[peer.ID]bool)
+	}
+	n.protected[p] = true
+	n.protMu.Unlock()
+	n.BitSwapNetwork.Protect(p, tag)
+}
+
+func (n *tapNet) Unprotect(p peer.ID, tag string) bool {
+	n.protMu.Lock()
+	delete(n.protected, p)
+	n.protMu.Unlock()
+	return n.BitSwapNetwork.Unprotect(p, tag)
+}
+
+func (n *tapNet) isProtected(p peer.ID) bool {
+	n.protMu.Lock()
+	defer n.protMu.Unlock()
+	return n.protected[p]
 }
 
 func (n *tapNet) Start(rs ...bsnetiface.Receiver) {
@@ -399,6 +425,7 @@ type env struct {
 	back  host.Host
 	relay *Relay
 	down  *staticDown
+	tap   *tapNet
 	// upWants records every wantlist entry the relay got from upstream.
 	upWants *wantLog
 }
@@ -421,6 +448,7 @@ func newEnv(t *testing.T, cfg Config) *env {
 		level = zapcore.DebugLevel
 	}
 	front := &tapNet{BitSwapNetwork: bsnet.NewFromIpfsHost(GuardStreams(e.front)), onRecv: func(_ peer.ID, m bsmsg.BitSwapMessage) { e.upWants.record(m) }}
+	e.tap = front
 	e.relay = New(cfg, front, bsnet.NewFromIpfsHost(e.back), e.down, zaptest.NewLogger(t, zaptest.Level(level)))
 	e.relay.Start(ctx)
 	t.Cleanup(func() {

@@ -183,3 +183,77 @@ func TestMissFetchOnlyForWantBlockWithinPeerRate(t *testing.T) {
 		t.Errorf("%d miss fetches after another peer's want-block; expected 6", n)
 	}
 }
+
+// Hole 4: wants every node refused must not stay for ever, fill the
+// peer's cap, or keep the peer protected.
+func TestRefusedWants(t *testing.T) {
+	t.Run("evicted first at the cap", func(t *testing.T) {
+		e := newEnv(t, Config{MaxWantsPerPeer: 4})
+		blk := makeBlock(t, 2000)
+		e.addServerNode(0, blk)
+		p := e.newRawPeer()
+		refused := missingCids(t, 4)
+		p.wantBlock(refused...)
+		eventually(t, 5*time.Second, func() string { return "4 DONT_HAVEs: " + e.describe() }, func() bool { return p.got.total() == 4 })
+		p.wantBlock(blk.Cid())
+		eventually(t, 5*time.Second, func() string { return "the block past the cap: " + e.describe() }, func() bool {
+			_, n := p.got.block(blk.Cid())
+			return n == 1
+		})
+		if s := e.stats(); s.Wants != 3 {
+			t.Errorf("%d wants kept; expected the 3 refused ones not evicted", s.Wants)
+		}
+	})
+	t.Run("expire", func(t *testing.T) {
+		e := newEnv(t, Config{ExhaustedTTL: 200 * time.Millisecond, CheckInterval: 10 * time.Millisecond})
+		e.addServerNode(0)
+		p := e.newRawPeer()
+		p.wantBlock(missingCids(t, 3)...)
+		eventually(t, 5*time.Second, func() string { return "3 DONT_HAVEs: " + e.describe() }, func() bool { return p.got.total() == 3 })
+		eventually(t, 5*time.Second, func() string { return "refused wants gone: " + e.describe() }, func() bool { return e.stats().Wants == 0 })
+		e.waitIdle()
+	})
+	t.Run("DONT_HAVE past the cap", func(t *testing.T) {
+		e := newEnv(t, Config{MaxWantsPerPeer: 2})
+		e.addRawNode() // holds every want, answers nothing
+		p := e.newRawPeer()
+		p.wantBlock(missingCids(t, 2)...)
+		eventually(t, 5*time.Second, func() string { return "2 wants out: " + e.describe() }, func() bool { return e.stats().Wants == 2 })
+		over := missingCid(t)
+		p.wantBlock(over)
+		eventually(t, 5*time.Second, func() string { return "DONT_HAVE for the want over the cap: " + e.describe() }, func() bool {
+			return p.got.dontHave(over) == 1
+		})
+	})
+	t.Run("protected only while out at a node", func(t *testing.T) {
+		e := newEnv(t, Config{})
+		n := e.addRawNode()
+		p := e.newRawPeer()
+		c := missingCid(t)
+		p.wantBlock(c)
+		eventually(t, 5*time.Second, func() string { return "want at the node: " + e.describe() }, func() bool { return n.wlog.isOpen(c) })
+		if !e.tap.isProtected(p.h.ID()) {
+			t.Fatal("a peer with a want out at a node is not protected")
+		}
+		n.sendDontHave(c)
+		eventually(t, 5*time.Second, func() string { return "DONT_HAVE: " + e.describe() }, func() bool { return p.got.dontHave(c) == 1 })
+		eventually(t, 5*time.Second, func() string { return "protection lifted" }, func() bool { return !e.tap.isProtected(p.h.ID()) })
+	})
+	t.Run("node up asks only the new node", func(t *testing.T) {
+		e := newEnv(t, Config{})
+		a := e.addServerNode(0)
+		p := e.newRawPeer()
+		c := missingCid(t)
+		p.wantBlock(c)
+		eventually(t, 5*time.Second, func() string { return "DONT_HAVE: " + e.describe() }, func() bool { return p.got.dontHave(c) == 1 })
+		b := e.addServerNode(0)
+		eventually(t, 5*time.Second, func() string { return "asked at the new node: " + e.describe() }, func() bool { return b.wlog.wanted(c) == 1 })
+		eventually(t, 5*time.Second, func() string { return "second DONT_HAVE: " + e.describe() }, func() bool { return p.got.dontHave(c) == 2 })
+		if got := a.wlog.wanted(c); got != 1 {
+			t.Errorf("the node that refused was asked %d times; a node joining elsewhere should not ask it again", got)
+		}
+		// A node coming back that refused before is not asked again.
+		e.relay.NodeUp(a.h.ID())
+		holds(t, 200*time.Millisecond, func() string { return "asked again at a node that refused" }, func() bool { return a.wlog.wanted(c) == 1 && b.wlog.wanted(c) == 1 })
+	})
+}

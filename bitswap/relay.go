@@ -81,6 +81,10 @@ type Config struct {
 	// later (their wants are deferred and sent again once it caught up),
 	// so memory stays bounded whatever the peer does.
 	PeerBufferBytes int
+	// ExhaustedTTL is how long a want every node refused is kept for its
+	// wanters (a block added to the fleet meanwhile still reaches them);
+	// then it is dropped, as if cancelled.
+	ExhaustedTTL time.Duration
 }
 
 // Defaults for Config.
@@ -94,6 +98,7 @@ const (
 	DefaultMissFetchRate      = 1.0
 	DefaultMissFetchBurst     = 8
 	DefaultPeerBufferBytes    = 16 << 20
+	DefaultExhaustedTTL       = 2 * time.Minute
 )
 
 func (c *Config) fill() {
@@ -108,6 +113,7 @@ func (c *Config) fill() {
 	}
 	orDefault(&c.PeerBufferBytes, DefaultPeerBufferBytes)
 	orDefault(&c.CheckInterval, 100*time.Millisecond)
+	orDefault(&c.ExhaustedTTL, DefaultExhaustedTTL)
 	if c.MaxHaveBlockSize < 0 {
 		c.MaxHaveBlockSize = 0
 	} else if c.MaxHaveBlockSize == 0 {
@@ -146,6 +152,10 @@ type want struct {
 	// its wanters (as a Kubo server keeps it in its ledger) and is tried
 	// again when one of them asks again or a node joins.
 	exhausted bool
+	// expiry is w's place in the relay's list of exhausted wants, oldest
+	// first, while exhausted.
+	expiry      *list.Element
+	exhaustedAt time.Time
 	// fetching is set while a node fetches the block for a miss; fetched
 	// once that was tried in this round, so a round fetches at most once.
 	fetching    bool
@@ -183,6 +193,10 @@ type upstream struct {
 	reverse *wantOutbox
 	// fetches is the peer's miss-fetch allowance.
 	fetches tokenBucket
+	// exhausted are those of wants every node refused: evicted first when
+	// the peer is at its cap, and not worth protecting the peer for.
+	exhausted map[cid.Cid]struct{}
+	protected bool
 }
 
 type node struct {
@@ -221,7 +235,9 @@ type Relay struct {
 	peers map[peer.ID]*upstream
 	nodes map[peer.ID]*node
 	queue *list.List // of *want waiting for a node with room
-	hints hintCache  // which node last said HAVE for a CID
+	// expiring holds the exhausted wants, oldest first (see ExhaustedTTL).
+	expiring *list.List
+	hints    hintCache // which node last said HAVE for a CID
 
 	// Reverse sessions (preload): see reverse.go.
 	sessions map[*session]struct{}
@@ -265,16 +281,17 @@ type Counters struct {
 func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap.Logger) *Relay {
 	cfg.fill()
 	return &Relay{
-		cfg:   cfg,
-		log:   log,
-		front: front,
-		back:  back,
-		down:  down,
-		wants: make(map[cid.Cid]*want),
-		peers: make(map[peer.ID]*upstream),
-		nodes: make(map[peer.ID]*node),
-		queue: list.New(),
-		hints: newHintCache(4096),
+		cfg:      cfg,
+		log:      log,
+		front:    front,
+		back:     back,
+		down:     down,
+		wants:    make(map[cid.Cid]*want),
+		peers:    make(map[peer.ID]*upstream),
+		nodes:    make(map[peer.ID]*node),
+		queue:    list.New(),
+		expiring: list.New(),
+		hints:    newHintCache(4096),
 
 		sessions: make(map[*session]struct{}),
 		auth:     make(map[cid.Cid]map[*session]struct{}),
@@ -421,7 +438,6 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		}
 		u = r.newUpstreamLocked(p)
 	}
-	had := len(u.wants) > 0
 	if msg.Full() {
 		// A full wantlist replaces the previous one.
 		keep := make(map[cid.Cid]struct{}, len(entries))
@@ -447,13 +463,23 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		}
 		r.addWanterLocked(p, u, e)
 	}
-	switch has := len(u.wants) > 0; {
-	case has && !had:
-		r.front.Protect(p, wantsTag)
-	case !has && had:
-		r.front.Unprotect(p, wantsTag)
-	}
+	r.protectLocked(p, u)
 	r.drainQueueLocked()
+}
+
+// protectLocked keeps an upstream peer safe from the connection manager
+// exactly while some want of its is being worked on: trimming it would
+// throw that work away. Wants every node refused do not count.
+func (r *Relay) protectLocked(p peer.ID, u *upstream) {
+	switch busy := len(u.wants) > len(u.exhausted); {
+	case busy && !u.protected:
+		r.front.Protect(p, wantsTag)
+	case !busy && u.protected:
+		r.front.Unprotect(p, wantsTag)
+	default:
+		return
+	}
+	u.protected = !u.protected
 }
 
 // answerLocallyLocked answers a want no fleet node would (see local.go)
@@ -485,7 +511,7 @@ func (r *Relay) answerLocallyLocked(u *upstream, e bsmsg.Entry) bool {
 }
 
 func (r *Relay) newUpstreamLocked(p peer.ID) *upstream {
-	u := &upstream{wants: make(map[cid.Cid]struct{}), deferred: make(map[cid.Cid]wanter),
+	u := &upstream{wants: make(map[cid.Cid]struct{}), deferred: make(map[cid.Cid]wanter), exhausted: make(map[cid.Cid]struct{}),
 		fetches: newTokenBucket(r.cfg.MissFetchRate, r.cfg.MissFetchBurst, time.Now())}
 	u.out = newReplyOutbox(p, r.front, r.log, r.countSent, r.cfg.PeerBufferBytes, func() { r.resumeDeferred(p) })
 	r.peers[p] = u
@@ -520,8 +546,23 @@ func (r *Relay) countSent(blocks, bytes int) {
 
 func (r *Relay) addWanterLocked(p peer.ID, u *upstream, e bsmsg.Entry) {
 	if _, had := u.wants[e.Cid]; !had && len(u.wants) >= r.cfg.MaxWantsPerPeer {
-		r.counters.DroppedWants.Add(1)
-		return
+		// At the cap, a want every node refused makes room first, as
+		// boxo's server does in handleOverflow; with none, the new want
+		// is refused, and told so when it asked.
+		evicted := false
+		for c := range u.exhausted {
+			r.removeWanterLocked(p, u, c)
+			evicted = true
+			break
+		}
+		if !evicted {
+			r.counters.DroppedWants.Add(1)
+			if e.SendDontHave {
+				u.out.addPresence(r.ctx, e.Cid, pb.Message_DontHave)
+				r.counters.DontHavesOut.Add(1)
+			}
+			return
+		}
 	}
 	u.wants[e.Cid] = struct{}{}
 	wr := wanter{wantType: e.WantType, sendDontHave: e.SendDontHave, priority: e.Priority}
@@ -553,7 +594,7 @@ func (r *Relay) addWanterLocked(p peer.ID, u *upstream, e bsmsg.Entry) {
 
 // newRoundLocked forgets which nodes said DONT_HAVE and tries again.
 func (r *Relay) newRoundLocked(w *want) {
-	w.exhausted = false
+	r.setExhaustedLocked(w, false)
 	w.fetched = false
 	clear(w.tried)
 	r.dispatchLocked(w)
@@ -561,6 +602,7 @@ func (r *Relay) newRoundLocked(w *want) {
 
 func (r *Relay) removeWanterLocked(p peer.ID, u *upstream, c cid.Cid) {
 	delete(u.wants, c)
+	delete(u.exhausted, c)
 	w := r.wants[c]
 	if w == nil {
 		return
@@ -575,6 +617,7 @@ func (r *Relay) removeWanterLocked(p peer.ID, u *upstream, c cid.Cid) {
 // the node that has it.
 func (r *Relay) dropWantLocked(w *want) {
 	delete(r.wants, w.c)
+	r.setExhaustedLocked(w, false)
 	if w.queued != nil {
 		r.queue.Remove(w.queued)
 		w.queued = nil
@@ -606,7 +649,9 @@ func (r *Relay) upstreamGone(p peer.ID) {
 	for c := range u.wants {
 		r.removeWanterLocked(p, u, c)
 	}
-	r.front.Unprotect(p, wantsTag)
+	if u.protected {
+		r.front.Unprotect(p, wantsTag)
+	}
 	r.drainQueueLocked()
 }
 
@@ -765,15 +810,68 @@ func (r *Relay) chargeFetchLocked(w *want) bool {
 // The DONT_HAVE goes out once per round: Helia drops a peer as a provider
 // on its first DONT_HAVE, so it must mean "no node has it".
 func (r *Relay) exhaustLocked(w *want) {
-	w.exhausted = true
+	r.setExhaustedLocked(w, true)
 	for p, wr := range w.wanters {
-		if !wr.sendDontHave {
+		u := r.peers[p]
+		if u == nil {
 			continue
 		}
-		if u := r.peers[p]; u != nil {
+		if wr.sendDontHave {
 			u.out.addPresence(r.ctx, w.c, pb.Message_DontHave)
 			r.counters.DontHavesOut.Add(1)
 		}
+	}
+}
+
+func triedBy(w *want, id peer.ID) bool {
+	_, ok := w.tried[id]
+	return ok
+}
+
+// setExhaustedLocked marks w as refused by every node, or no longer, in
+// every table that keeps track (the wanters', the expiry list), and
+// updates the wanters' protection.
+func (r *Relay) setExhaustedLocked(w *want, on bool) {
+	if w.exhausted == on {
+		return
+	}
+	w.exhausted = on
+	if on {
+		w.exhaustedAt = time.Now()
+		w.expiry = r.expiring.PushBack(w)
+	} else if w.expiry != nil {
+		r.expiring.Remove(w.expiry)
+		w.expiry = nil
+	}
+	for p := range w.wanters {
+		if u := r.peers[p]; u != nil {
+			if on {
+				u.exhausted[w.c] = struct{}{}
+			} else {
+				delete(u.exhausted, w.c)
+			}
+			r.protectLocked(p, u)
+		}
+	}
+}
+
+// expireLocked drops the wants every node refused longer than
+// ExhaustedTTL ago, as if their wanters had cancelled them.
+func (r *Relay) expireLocked(now time.Time) {
+	for e := r.expiring.Front(); e != nil; e = r.expiring.Front() {
+		w := e.Value.(*want)
+		if now.Sub(w.exhaustedAt) < r.cfg.ExhaustedTTL {
+			return
+		}
+		for p := range w.wanters {
+			if u := r.peers[p]; u != nil {
+				delete(u.wants, w.c)
+				delete(u.exhausted, w.c)
+				r.protectLocked(p, u)
+			}
+		}
+		clear(w.wanters)
+		r.dropWantLocked(w) // takes it off the list
 	}
 }
 
@@ -919,11 +1017,11 @@ func (r *Relay) deliverBlockLocked(w *want, b blocks.Block, from peer.ID) {
 			r.counters.HavesOut.Add(1)
 		}
 		delete(u.wants, w.c)
-		if len(u.wants) == 0 {
-			r.front.Unprotect(p, wantsTag)
-		}
+		delete(u.exhausted, w.c)
+		r.protectLocked(p, u)
 	}
 	delete(r.wants, w.c)
+	r.setExhaustedLocked(w, false)
 	if w.queued != nil {
 		r.queue.Remove(w.queued)
 		w.queued = nil
@@ -953,9 +1051,8 @@ func (r *Relay) deliverHaveLocked(w *want, from peer.ID) {
 			u.out.addPresence(r.ctx, w.c, pb.Message_Have)
 			r.counters.HavesOut.Add(1)
 			delete(u.wants, w.c)
-			if len(u.wants) == 0 {
-				r.front.Unprotect(p, wantsTag)
-			}
+			delete(u.exhausted, w.c)
+			r.protectLocked(p, u)
 		}
 		delete(w.wanters, p)
 	}
@@ -981,11 +1078,18 @@ func (r *Relay) NodeUp(id peer.ID) {
 	n := r.nodeLocked(id)
 	n.up, n.connected = true, true
 	n.lastHeard = time.Now()
-	// Wants nobody had may be on the new node.
-	for _, w := range r.wants {
-		if w.exhausted {
-			r.newRoundLocked(w)
+	// Wants nobody had may be on the new node: each is asked there, and
+	// only there (no new round on the others, no new miss fetch).
+	// A snapshot: a want may be refused again while this runs.
+	var retry []*want
+	for e := r.expiring.Front(); e != nil; e = e.Next() {
+		if w := e.Value.(*want); !triedBy(w, id) {
+			retry = append(retry, w)
 		}
+	}
+	for _, w := range retry {
+		r.setExhaustedLocked(w, false)
+		r.dispatchLocked(w)
 	}
 	r.drainQueueLocked()
 }
@@ -1046,6 +1150,7 @@ func (r *Relay) checkSilence() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := time.Now()
+	r.expireLocked(now)
 	for id, n := range r.nodes {
 		if n.outstanding == 0 {
 			continue
