@@ -4,13 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	pb "github.com/ipfs/boxo/bitswap/message/pb"
+	bsnetiface "github.com/ipfs/boxo/bitswap/network"
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
 	mh "github.com/multiformats/go-multihash"
+	"go.uber.org/zap/zaptest"
 
 	"github.com/kitsune-lb/kitsune/downstream"
 )
@@ -256,4 +263,103 @@ func TestRefusedWants(t *testing.T) {
 		e.relay.NodeUp(a.h.ID())
 		holds(t, 200*time.Millisecond, func() string { return "asked again at a node that refused" }, func() bool { return a.wlog.wanted(c) == 1 && b.wlog.wanted(c) == 1 })
 	})
+}
+
+// sendNet is a network whose SendMessage the test scripts: it fails the
+// first fail calls, and takes size/rate to write a message.
+type sendNet struct {
+	bsnetiface.BitSwapNetwork
+	mu    sync.Mutex
+	fail  int
+	rate  float64 // bytes per second; 0 for instant
+	sizes []int
+	got   map[cid.Cid]int
+	pres  map[cid.Cid]int
+}
+
+func (n *sendNet) SendMessage(_ context.Context, _ peer.ID, m bsmsg.BitSwapMessage) error {
+	size := 0
+	for _, b := range m.Blocks() {
+		size += len(b.RawData())
+	}
+	if n.rate > 0 {
+		time.Sleep(time.Duration(float64(size) / n.rate * float64(time.Second)))
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.fail > 0 {
+		n.fail--
+		return errors.New("stream reset")
+	}
+	n.sizes = append(n.sizes, size)
+	for _, b := range m.Blocks() {
+		n.got[b.Cid()]++
+	}
+	for _, bp := range m.BlockPresences() {
+		n.pres[bp.Cid]++
+	}
+	return nil
+}
+
+func (n *sendNet) delivered() (blocks, presences int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.got), len(n.pres)
+}
+
+// Hole 3: a reply whose send failed is put back and sent again, not lost:
+// Helia asks a peer for each block once.
+func TestFailedReplySendKeepsBlocks(t *testing.T) {
+	net := &sendNet{fail: 2, got: make(map[cid.Cid]int), pres: make(map[cid.Cid]int)}
+	o := newReplyOutbox("peer", net, zaptest.NewLogger(t), nil, 0, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for range 10 {
+		o.addBlock(ctx, makeBlock(t, 4096))
+	}
+	c := missingCid(t)
+	o.addPresence(ctx, c, pb.Message_DontHave)
+	eventually(t, 5*time.Second, func() string {
+		b, p := net.delivered()
+		return fmt.Sprintf("10 blocks and 1 presence, got %d and %d", b, p)
+	}, func() bool {
+		b, p := net.delivered()
+		return b == 10 && p == 1
+	})
+	net.mu.Lock()
+	defer net.mu.Unlock()
+	for k, n := range net.got {
+		if n != 1 {
+			t.Errorf("block %s sent %d times", k, n)
+		}
+	}
+}
+
+// Hole 3: reply messages follow the peer's measured rate, so each arrives
+// within the receiver's deadline on a slow link; a fast peer keeps
+// 1 MiB messages.
+func TestReplyMessagesFollowPeerRate(t *testing.T) {
+	const rate = 4 << 20 // bytes per second
+	net := &sendNet{rate: rate, got: make(map[cid.Cid]int), pres: make(map[cid.Cid]int)}
+	o := newReplyOutbox("peer", net, zaptest.NewLogger(t), nil, 0, nil)
+	o.window = 50 * time.Millisecond // 200 KiB at this rate
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const n = 64
+	for range n {
+		o.addBlock(ctx, makeBlock(t, 32<<10))
+	}
+	eventually(t, 20*time.Second, func() string { b, _ := net.delivered(); return fmt.Sprintf("%d of %d blocks", b, n) }, func() bool {
+		b, _ := net.delivered()
+		return b == n
+	})
+	net.mu.Lock()
+	sizes := slices.Clone(net.sizes)
+	net.mu.Unlock()
+	limit := int(2 * rate * o.window.Seconds())
+	for i, s := range sizes[1:] {
+		if s > limit {
+			t.Errorf("message %d: %d bytes to a peer that takes %d in the window (sizes %v)", i+1, s, limit/2, sizes)
+		}
+	}
 }

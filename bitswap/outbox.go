@@ -2,7 +2,10 @@ package bitswap
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
+	"time"
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	pb "github.com/ipfs/boxo/bitswap/message/pb"
@@ -19,6 +22,21 @@ import (
 // dominated by per-message overhead.
 const targetMessageBytes = 1 << 20
 
+// Reply messages are sized to the peer's measured rate: Helia
+// (@helia/bitswap 4.0.19, DEFAULT_MESSAGE_RECEIVE_TIMEOUT) aborts an
+// incoming stream whose message has not fully arrived within 10 s, so a
+// 1 MiB message to a browser under 0.8 Mbit/s was lost whole. A message
+// carries about replyWindow's worth of the peer's rate (at least one
+// block, at least minReplyBytes).
+const (
+	replyWindow   = 3 * time.Second
+	minReplyBytes = 16 << 10
+	// sendAttempts bounds how often one reply is tried before it is given
+	// up (the peer is most likely gone; its disconnect closes the outbox).
+	sendAttempts = 4
+	retryBase    = 100 * time.Millisecond
+)
+
 // replyOutbox queues replies (blocks and presences) for one upstream peer
 // and sends them from its own goroutine, so a slow peer never stalls the
 // downstream read loop that produced them. Whatever piles up while one
@@ -34,6 +52,9 @@ type replyOutbox struct {
 	budget  int
 	drained func()
 
+	// window is replyWindow, shorter in tests.
+	window time.Duration
+
 	mu       sync.Mutex
 	blocks   []blocks.Block
 	presence map[cid.Cid]pb.Message_BlockPresenceType
@@ -41,10 +62,15 @@ type replyOutbox struct {
 	wasFull  bool
 	running  bool
 	closed   bool
+	// rate is the peer's smoothed write rate in bytes per second (0 until
+	// measured); target the message size it allows.
+	rate   float64
+	target int
 }
 
 func newReplyOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger, sent func(int, int), budget int, drained func()) *replyOutbox {
 	return &replyOutbox{to: to, net: net, log: log, sent: sent, budget: budget, drained: drained,
+		window: replyWindow, target: targetMessageBytes,
 		presence: make(map[cid.Cid]pb.Message_BlockPresenceType)}
 }
 
@@ -102,6 +128,7 @@ func (o *replyOutbox) kickLocked(ctx context.Context) {
 }
 
 func (o *replyOutbox) run(ctx context.Context) {
+	failures := 0
 	for {
 		o.mu.Lock()
 		if o.closed || ctx.Err() != nil || (len(o.blocks) == 0 && len(o.presence) == 0) {
@@ -111,24 +138,53 @@ func (o *replyOutbox) run(ctx context.Context) {
 		}
 		msg := bsmsg.New(false)
 		size, n := 0, 0
-		for n < len(o.blocks) && (n == 0 || size+len(o.blocks[n].RawData()) <= targetMessageBytes) {
+		for n < len(o.blocks) && (n == 0 || size+len(o.blocks[n].RawData()) <= o.target) {
 			msg.AddBlock(o.blocks[n])
 			size += len(o.blocks[n].RawData())
 			n++
 		}
+		sending := slices.Clone(o.blocks[:n])
 		clear(o.blocks[:n])
 		o.blocks = o.blocks[n:]
 		if len(o.blocks) == 0 {
 			o.blocks = nil // let the backing array go
 		}
-		for c, t := range o.presence {
+		presence := maps.Clone(o.presence)
+		for c, t := range presence {
 			msg.AddBlockPresence(c, t)
 		}
 		clear(o.presence)
 		o.mu.Unlock()
 
+		start := time.Now()
 		err := o.net.SendMessage(ctx, o.to, msg)
+		took := time.Since(start)
 		o.mu.Lock()
+		if err != nil {
+			failures++
+			if failures < sendAttempts && !o.closed {
+				// Put the reply back in front of whatever came since, and
+				// try a smaller message: a message too big for the link
+				// is the likely failure on a slow one.
+				o.blocks = append(sending, o.blocks...)
+				for c, t := range presence {
+					if _, newer := o.presence[c]; !newer {
+						o.presence[c] = t
+					}
+				}
+				o.target = max(minReplyBytes, o.target/2)
+				o.mu.Unlock()
+				o.log.Debug("reply to upstream failed; trying again", zap.Stringer("peer", o.to), zap.Int("attempt", failures), zap.Error(err))
+				select {
+				case <-ctx.Done():
+				case <-time.After(retryBase << (failures - 1)):
+				}
+				continue
+			}
+		} else {
+			failures = 0
+			o.measureLocked(size, took)
+		}
 		o.pending -= size
 		resume := o.wasFull && o.pending <= o.budget/2 && !o.closed
 		if resume {
@@ -139,15 +195,30 @@ func (o *replyOutbox) run(ctx context.Context) {
 			o.drained()
 		}
 		if err != nil {
-			// The peer's wants stay in the table until it cancels or
-			// disconnects; a peer that cannot be written to disconnects.
-			o.log.Debug("reply to upstream failed", zap.Stringer("peer", o.to), zap.Error(err))
+			o.log.Debug("reply to upstream given up", zap.Stringer("peer", o.to), zap.Int("blocks", n), zap.Error(err))
+			failures = 0
 			continue
 		}
 		if o.sent != nil {
 			o.sent(n, size)
 		}
 	}
+}
+
+// measureLocked folds one message's write time into the peer's rate and
+// sizes the next messages to it. Small messages say little about the
+// link and are left out.
+func (o *replyOutbox) measureLocked(size int, took time.Duration) {
+	if size < minReplyBytes || took <= 0 {
+		return
+	}
+	r := float64(size) / took.Seconds()
+	if o.rate == 0 {
+		o.rate = r
+	} else {
+		o.rate = 0.5*r + 0.5*o.rate
+	}
+	o.target = int(min(float64(targetMessageBytes), max(float64(minReplyBytes), o.rate*o.window.Seconds())))
 }
 
 // wantOp is the latest instruction for one CID towards one node.
