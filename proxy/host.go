@@ -53,6 +53,10 @@ type FrontConfig struct {
 	// Relay, when not nil, runs a circuit relay v2 service for upstream
 	// peers that cannot be dialled directly.
 	Relay *RelayConfig
+	// NoMplex leaves mplex out of the muxers. By default the front host
+	// offers it after yamux: deployed js-ipfs speaks nothing else, and
+	// peers that know yamux keep choosing it.
+	NoMplex bool
 }
 
 // RelayConfig bounds the circuit relay v2 service. Zero fields take
@@ -92,7 +96,8 @@ func (r RelayConfig) resources() relayv2.Resources {
 }
 
 // NewFront builds the upstream-facing host: TCP, QUIC-v1, WebSocket (plain
-// and TLS), WebTransport and WebRTC-direct, Noise and TLS, yamux. On a
+// and TLS), WebTransport and WebRTC-direct, Noise and TLS, yamux and (for
+// deployed js-ipfs, unless NoMplex) mplex. On a
 // private network only TCP and WebSocket remain, and a listen address for
 // any other transport is an error rather than silently dropped. No NAT
 // traversal, no DHT: Kitsune is a server with a known address, and a DHT
@@ -135,6 +140,10 @@ func NewFront(cfg FrontConfig) (host.Host, error) {
 		libp2p.UserAgent(UserAgent),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
+	}
+	if !cfg.NoMplex {
+		// After yamux: a listener offers its muxers in this order.
+		opts = append(opts, libp2p.Muxer(MplexID, mplexTransport{}))
 	}
 	if len(cfg.PSK) > 0 {
 		opts = append(opts, libp2p.PrivateNetwork(cfg.PSK))

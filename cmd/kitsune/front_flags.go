@@ -23,6 +23,7 @@ import (
 type frontFlags struct {
 	WebTransport []string `name:"webtransport" env:"KITSUNE_WEBTRANSPORT" sep:"," placeholder:"MULTIADDR" help:"Comma-separated WebTransport listen multiaddrs (/ip4/0.0.0.0/udp/4001/quic-v1/webtransport; /quic-v1/webtransport is added to a bare /udp/PORT). Browsers dial them without a CA-signed certificate. Off by default; may share its UDP port with a QUIC listener."`
 	WebRTCDirect []string `name:"webrtc-direct" env:"KITSUNE_WEBRTC_DIRECT" sep:"," placeholder:"MULTIADDR" help:"Comma-separated WebRTC-direct listen multiaddrs (/ip4/0.0.0.0/udp/4002/webrtc-direct; /webrtc-direct is added to a bare /udp/PORT). Browsers dial them without a CA-signed certificate; the certificate comes from the key file, so the address stays the same across restarts. Off by default."`
+	Mplex        bool     `name:"mplex" env:"KITSUNE_MPLEX" default:"true" negatable:"" help:"Offer the mplex muxer after yamux: deployed js-ipfs (ipfs-core 0.18 and older) speaks nothing else. Peers that know yamux keep choosing it. --no-mplex when no such clients are left."`
 	TLSCert      string   `name:"tls-cert" env:"KITSUNE_TLS_CERT" type:"path" placeholder:"FILE" help:"PEM certificate chain for secure WebSocket listeners (/tls/ws or /wss in -w or -l). Re-read when the file changes."`
 	TLSKey       string   `name:"tls-key" env:"KITSUNE_TLS_KEY" type:"path" placeholder:"FILE" help:"PEM private key of --tls-cert."`
 
@@ -73,6 +74,8 @@ func (f *frontFlags) config(listen *[]ma.Multiaddr) (frontSettings, error) {
 			}
 		}
 	}
+
+	s.Front.NoMplex = !f.Mplex
 
 	var err error
 	if f.PSKFile != "" {

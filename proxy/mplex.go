@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"sync"
+
+	mplex "github.com/libp2p/go-libp2p-mplex"
+	"github.com/libp2p/go-libp2p/core/network"
+	mp "github.com/libp2p/go-mplex"
+)
+
+// MplexID is the muxer deployed js-ipfs (ipfs-core 0.18 and older) offers,
+// and nothing else: without it those apps cannot connect at all.
+const MplexID = mplex.ID
+
+// maxPendingResets bounds the stream resets one mplex connection may have
+// queued for sending.
+//
+// mplex has no flow control, and what go-mplex buffers is bounded by
+// itself except in one place: a stream reset is sent by a goroutine of its
+// own (Stream.Reset), which waits up to two minutes (mp.ResetStreamTimeout)
+// for the connection's writer. A peer that opens streams in a loop and
+// never reads gets every stream over the resource manager's limit reset,
+// so each 3-byte frame it sends would leave a goroutine on Kitsune until
+// the writer frees up. Everything else is capped: inbound data goes
+// through at most four 4 KiB buffers per connection (reserved through the
+// connection's resource scope), one per stream, and a stream whose reader
+// stalls the connection for 5 s is reset (mp.ReceiveTimeout); accepted
+// streams count against the resource manager's stream limits; at most 16
+// new streams wait to be accepted.
+const maxPendingResets = 256
+
+// mplexTransport is go-libp2p-mplex with the one unbounded queue capped:
+// a connection whose peer leaves more than maxPendingResets resets unsent
+// is closed. A peer reading its connection never comes near the cap; one
+// that stops reading while opening streams it is not allowed is hostile.
+type mplexTransport struct{}
+
+var _ network.Multiplexer = mplexTransport{}
+
+func (mplexTransport) NewConn(nc net.Conn, isServer bool, scope network.PeerScope) (network.MuxedConn, error) {
+	g := &resetGuard{Conn: nc}
+	m, err := mp.NewMultiplex(g, isServer, scope)
+	if err != nil {
+		return nil, err
+	}
+	return &guardedMplexConn{MuxedConn: mplex.NewMuxedConn(m), guard: g}, nil
+}
+
+// resetGuard sits under go-mplex on the secured connection. It counts the
+// resets asked for and the reset frames written: go-mplex writes one whole
+// frame per Write call, from a single writer goroutine.
+type resetGuard struct {
+	net.Conn
+
+	mu sync.Mutex
+	// pending is resets asked for minus reset frames written. go-mplex
+	// also resets a stream on its own (a reader stalled for 5 s), at most
+	// once per 5 s per connection; those frames drive pending below zero,
+	// which loosens the cap by that little.
+	pending int
+}
+
+// mplex frame tags for a reset, as the stream's initiator and receiver
+// send them (go-mplex resetTag and resetTag-1).
+const (
+	resetTagInitiator = 6
+	resetTagReceiver  = 5
+)
+
+func (g *resetGuard) Write(b []byte) (int, error) {
+	if h, n := binary.Uvarint(b); n > 0 {
+		if tag := h & 7; tag == resetTagInitiator || tag == resetTagReceiver {
+			g.mu.Lock()
+			g.pending--
+			g.mu.Unlock()
+		}
+	}
+	return g.Conn.Write(b)
+}
+
+// reserve counts one more reset to be sent, or reports that the cap is
+// reached.
+func (g *resetGuard) reserve() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.pending >= maxPendingResets {
+		return false
+	}
+	g.pending++
+	return true
+}
+
+type guardedMplexConn struct {
+	network.MuxedConn
+	guard *resetGuard
+}
+
+func (c *guardedMplexConn) OpenStream(ctx context.Context) (network.MuxedStream, error) {
+	return c.wrap(c.MuxedConn.OpenStream(ctx))
+}
+
+func (c *guardedMplexConn) AcceptStream() (network.MuxedStream, error) {
+	return c.wrap(c.MuxedConn.AcceptStream())
+}
+
+func (c *guardedMplexConn) wrap(s network.MuxedStream, err error) (network.MuxedStream, error) {
+	if err != nil {
+		return nil, err
+	}
+	return &guardedMplexStream{MuxedStream: s, conn: c}, nil
+}
+
+type guardedMplexStream struct {
+	network.MuxedStream
+	conn *guardedMplexConn
+}
+
+// Reset resets the stream, unless the connection already has
+// maxPendingResets unsent: then the whole connection is closed, which
+// ends every waiting reset at once.
+func (s *guardedMplexStream) Reset() error {
+	if !s.conn.guard.reserve() {
+		return s.conn.Close()
+	}
+	return s.MuxedStream.Reset()
+}
+
+func (s *guardedMplexStream) ResetWithError(network.StreamErrorCode) error {
+	return s.Reset() // mplex has no error codes
+}
