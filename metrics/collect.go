@@ -17,6 +17,8 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 // from upstream peers and go out to the fleet; blocks, HAVEs and
 // DONT_HAVEs come in from the fleet and go out to upstream peers.
 var (
+	descUpstreamConns = desc("kitsune_upstream_connections", "Connections open on the front host (upstream peers), all transports.")
+	descConnsLimit    = desc("kitsune_upstream_connections_limit", "The front host's connection limit (--max-conns); new connections are refused at it.")
 	descUpstreamPeers = desc("kitsune_upstream_peers", "Upstream peers connected to the front host, by transport of their connection (tcp, quic-v1, ws, wss, webtransport, webrtc-direct, circuit, other).", "transport")
 
 	descWants        = desc("kitsune_relay_wants", "CIDs in the relay's want table (wanted by at least one upstream peer).")
@@ -29,6 +31,7 @@ var (
 	descDontHaves    = desc("kitsune_relay_dont_haves_total", "DONT_HAVEs: in = received from downstream nodes, out = sent to upstream peers.", "direction")
 	descFailovers    = desc("kitsune_relay_failovers_total", "Wants moved to another downstream node (DONT_HAVE, node lost or ejected, silence).")
 	descTimeouts     = desc("kitsune_relay_timeouts_total", "Wants moved off a downstream node that stayed silent.")
+	descDeferred     = desc("kitsune_relay_deferred_blocks_total", "Blocks set aside for an upstream peer whose reply queue was full (it reads slower than the fleet delivers); they are fetched again once it catches up.")
 	descUnsolicited  = desc("kitsune_relay_unsolicited_blocks_total", "Blocks from downstream nodes that nobody wanted any more.")
 	descDroppedMsgs  = desc("kitsune_relay_dropped_messages_total", "Upstream messages dropped for exceeding --max-message-size.")
 	descDroppedWants = desc("kitsune_relay_dropped_wants_total", "Want entries ignored past --max-wants-per-peer.")
@@ -52,7 +55,7 @@ var (
 )
 
 var pulled = []*prometheus.Desc{
-	descUpstreamPeers,
+	descUpstreamConns, descConnsLimit, descUpstreamPeers, descDeferred,
 	descWants, descQueued, descRelayPeers, descWantsTotal, descBlocksTotal, descBytesTotal,
 	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descUnsolicited, descDroppedMsgs,
 	descDroppedWants, descMissFetches, descMissFetched, descRevWants, descRevBlocks, descRevBytes,
@@ -83,7 +86,11 @@ func (c pullCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 
+	if src.MaxConns > 0 {
+		gauge(descConnsLimit, float64(src.MaxConns))
+	}
 	if src.Front != nil {
+		gauge(descUpstreamConns, float64(len(src.Front.Network().Conns())))
 		byT := upstreamByTransport(src.Front.Network())
 		for _, t := range transports {
 			gauge(descUpstreamPeers, float64(byT[t]), t)
@@ -141,6 +148,7 @@ func (c pullCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFailovers, rc.Failovers.Load())
 	counter(descTimeouts, rc.Timeouts.Load())
 	counter(descUnsolicited, rc.Unsolicited.Load())
+	counter(descDeferred, rc.Deferred.Load())
 	counter(descDroppedMsgs, rc.DroppedMessages.Load())
 	counter(descDroppedWants, rc.DroppedWants.Load())
 	counter(descMissFetches, rc.MissFetches.Load())

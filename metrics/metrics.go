@@ -45,6 +45,9 @@ type Sources struct {
 	Relay Relay
 	Pool  Pool
 	Front host.Host
+	// MaxConns is the front host's connection limit, exported so alerts
+	// can compare connections with it; 0 leaves it out.
+	MaxConns int
 	// Preload is whether the preload port is on.
 	Preload bool
 }

@@ -125,9 +125,10 @@ func TestPulledMetrics(t *testing.T) {
 	if _, ok := value(t, reg, "kitsune_relay_bytes_total"); ok {
 		t.Fatal("relay metrics before Attach")
 	}
-	m.Attach(Sources{Relay: r, Pool: p})
+	m.Attach(Sources{Relay: r, Pool: p, MaxConns: 8192})
 
 	r.c.WantsReceived.Add(10)
+	r.c.Deferred.Add(11)
 	r.c.WantsForwarded.Add(9)
 	r.c.BlocksIn.Add(7)
 	r.c.BytesIn.Add(7000)
@@ -156,6 +157,8 @@ func TestPulledMetrics(t *testing.T) {
 	must(t, reg, 5, "kitsune_relay_dont_haves_total", "direction", "in")
 	must(t, reg, 2, "kitsune_relay_dont_haves_total", "direction", "out")
 	must(t, reg, 4, "kitsune_relay_failovers_total")
+	must(t, reg, 11, "kitsune_relay_deferred_blocks_total")
+	must(t, reg, 8192, "kitsune_upstream_connections_limit")
 	must(t, reg, 5, "kitsune_relay_reverse_blocks_total")
 	must(t, reg, 12, "kitsune_relay_wants")
 	must(t, reg, 2, "kitsune_relay_wants_queued")
@@ -306,6 +309,13 @@ func TestUpstreamPeersByTransport(t *testing.T) {
 	must(t, reg, 2, "kitsune_upstream_peers", "transport", "ws")
 	must(t, reg, 1, "kitsune_upstream_peers", "transport", "quic-v1")
 	must(t, reg, 0, "kitsune_upstream_peers", "transport", "webtransport")
+	must(t, reg, float64(len(front.Network().Conns())), "kitsune_upstream_connections")
+	if got, _ := value(t, reg, "kitsune_upstream_connections"); got < 4 {
+		t.Fatalf("kitsune_upstream_connections = %v with 4 peers connected", got)
+	}
+	if _, ok := value(t, reg, "kitsune_upstream_connections_limit"); ok {
+		t.Fatal("a connection limit exported though none was given")
+	}
 	s := m.Status()
 	if s.Upstream.Peers != 4 || s.Upstream.ByTransport["ws"] != 2 || s.PeerID != front.ID().String() {
 		t.Fatalf("status upstream %+v, peer %s", s.Upstream, s.PeerID)

@@ -46,11 +46,12 @@ func (f *adminFlags) config() (adminConfig, error) {
 // the pool and preload get it as their observer, attached and served once
 // they run. A nil *admin (the server is off) does nothing.
 type admin struct {
-	cfg     adminConfig
-	reg     *prometheus.Registry
-	metrics *metrics.Metrics
-	log     *zap.Logger
-	srv     *metrics.Server
+	cfg      adminConfig
+	maxConns int // the front host's connection limit, for its gauge
+	reg      *prometheus.Registry
+	metrics  *metrics.Metrics
+	log      *zap.Logger
+	srv      *metrics.Server
 }
 
 // newAdmin makes the metrics and hooks them into cfg's pool and preload
@@ -66,7 +67,7 @@ func newAdmin(cfg *config, log *zap.Logger) *admin {
 	}
 	cfg.Pool.Options.Observer = m
 	cfg.Preload.Observer = m
-	return &admin{cfg: cfg.Admin, reg: reg, metrics: m, log: log}
+	return &admin{cfg: cfg.Admin, maxConns: cfg.Front.Front.Limits.Conns, reg: reg, metrics: m, log: log}
 }
 
 // start attaches the running parts and opens the admin port.
@@ -74,7 +75,7 @@ func (a *admin) start(k *kitsune, out io.Writer) error {
 	if a == nil {
 		return nil
 	}
-	a.metrics.Attach(metrics.Sources{Relay: k.relay, Pool: k.pool, Front: k.front, Preload: k.preload != nil})
+	a.metrics.Attach(metrics.Sources{Relay: k.relay, Pool: k.pool, Front: k.front, MaxConns: a.maxConns, Preload: k.preload != nil})
 	srv, err := metrics.Listen(a.cfg.Addr, a.metrics, a.reg, a.log)
 	if err != nil {
 		return fmt.Errorf("admin port: %w", err)
