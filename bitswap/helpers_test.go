@@ -573,8 +573,21 @@ type rawNode struct {
 	net  bsnetiface.BitSwapNetwork
 	wlog *wantLog
 
-	mu     sync.Mutex
-	blocks map[cid.Cid]blocks.Block
+	mu        sync.Mutex
+	blocks    map[cid.Cid]blocks.Block
+	presences []bsmsg.BlockPresence // received from the relay
+}
+
+func (n *rawNode) dontHaves() []cid.Cid {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []cid.Cid
+	for _, p := range n.presences {
+		if p.Type == pb.Message_DontHave {
+			out = append(out, p.Cid)
+		}
+	}
+	return out
 }
 
 func (e *env) newRawNode(blks ...blocks.Block) *rawNode {
@@ -584,7 +597,12 @@ func (e *env) newRawNode(blks ...blocks.Block) *rawNode {
 		n.blocks[b.Cid()] = b
 	}
 	n.net = bsnet.NewFromIpfsHost(n.h)
-	n.net.Start(recorder{onMsg: func(_ peer.ID, m bsmsg.BitSwapMessage) { n.wlog.record(m) }})
+	n.net.Start(recorder{onMsg: func(_ peer.ID, m bsmsg.BitSwapMessage) {
+		n.wlog.record(m)
+		n.mu.Lock()
+		n.presences = append(n.presences, m.BlockPresences()...)
+		n.mu.Unlock()
+	}})
 	e.t.Cleanup(n.net.Stop)
 	return n
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"sync"
 	"testing"
@@ -361,5 +362,37 @@ func TestReplyMessagesFollowPeerRate(t *testing.T) {
 		if s > limit {
 			t.Errorf("message %d: %d bytes to a peer that takes %d in the window (sizes %v)", i+1, s, limit/2, sizes)
 		}
+	}
+}
+
+// Hole 8: a reverse session asks only upstream peers the preload caller
+// could be (connected from its address); with none, the node hears
+// DONT_HAVE and no other peer learns which DAG the caller is adding.
+func TestReverseAsksOnlyPeersAtCallerAddress(t *testing.T) {
+	e := newEnv(t, Config{})
+	n := e.addRawNode()
+	var logs []*wantLog
+	for range 2 {
+		l := newWantLog()
+		e.newRawPeerWith(func(_ peer.ID, m bsmsg.BitSwapMessage) { l.record(m) }) // on 127.0.0.1
+		logs = append(logs, l)
+	}
+	root := missingCid(t)
+	end := e.relay.BeginReverse(root, n.h.ID(), netip.MustParseAddr("203.0.113.5"), 0)
+	defer end()
+	msg := bsmsg.New(false)
+	msg.AddEntry(root, 1, pb.Message_Wantlist_Block, true)
+	n.send(msg)
+	eventually(t, 5*time.Second, func() string { return "DONT_HAVE to the node: " + e.describe() }, func() bool {
+		d := n.dontHaves()
+		return len(d) == 1 && d[0] == root
+	})
+	for _, l := range logs {
+		if w, _, _, _ := l.totals(); w != 0 {
+			t.Errorf("an upstream peer not at the caller's address was asked for the caller's DAG (%d wants)", w)
+		}
+	}
+	if s := e.stats(); s.ReverseWants != 0 {
+		t.Errorf("reverse wants left: %s", e.describe())
 	}
 }

@@ -244,6 +244,9 @@ type Relay struct {
 	auth     map[cid.Cid]map[*session]struct{}
 	reverse  map[cid.Cid]*rwant
 
+	// upstreams finds the peers a preload caller could be (reverse.go).
+	upstreams upstreamPeers
+
 	counters Counters
 	// gone hears the front host's disconnects (see Start).
 	gone *network.NotifyBundle
@@ -296,6 +299,8 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 		sessions: make(map[*session]struct{}),
 		auth:     make(map[cid.Cid]map[*session]struct{}),
 		reverse:  make(map[cid.Cid]*rwant),
+
+		upstreams: hostPeers{front.Host().Network()},
 	}
 }
 
@@ -419,12 +424,15 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 	if len(entries) == 0 && !msg.Full() && !replies {
 		return
 	}
+	// Links are decoded before the lock is taken: a DAG node can be
+	// large, and every other peer waits while the lock is held.
+	links := r.reverseLinks(msg.Blocks())
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if replies {
 		// Blocks and presences from upstream only ever answer a reverse
 		// session's wants; anything else is dropped there.
-		r.fromUpstreamRepliesLocked(p, msg)
+		r.fromUpstreamRepliesLocked(p, msg, links)
 	}
 	if len(entries) == 0 && !msg.Full() {
 		return

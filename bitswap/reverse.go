@@ -147,31 +147,43 @@ func (r *Relay) reverseWantLocked(node peer.ID, e bsmsg.Entry, s *session) {
 		haves: make(map[peer.ID]struct{}),
 		dont:  make(map[peer.ID]struct{}),
 	}
-	peers := r.front.Host().Network().Peers()
-	var same []peer.ID
-	for _, p := range peers {
-		if s.client.IsValid() && peerAt(r.front.Host().Network(), p, s.client) {
-			same = append(same, p)
-		}
-	}
-	switch {
-	case len(same) > 0:
-		for _, p := range same {
-			r.upstreamWantsLocked(p).want(r.ctx, e.Cid, pb.Message_Wantlist_Block, 0)
-			rw.asked[p] = true
-		}
-		rw.placed = true
-	case len(peers) > 0:
-		for _, p := range peers {
-			r.upstreamWantsLocked(p).want(r.ctx, e.Cid, pb.Message_Wantlist_Have, 0)
-			rw.asked[p] = false
-		}
-	default:
+	// Only a peer the preload caller could be is asked: one connected
+	// from the caller's address. Asking every upstream peer told each of
+	// them which DAG the caller was adding.
+	same := r.upstreams.PeersAt(s.client)
+	if len(same) == 0 {
 		r.reverseMissLocked(rw)
 		return
 	}
+	for _, p := range same {
+		r.upstreamWantsLocked(p).want(r.ctx, e.Cid, pb.Message_Wantlist_Block, 0)
+		rw.asked[p] = true
+	}
+	rw.placed = true
 	r.reverse[e.Cid] = rw
 	r.counters.ReverseWants.Add(1)
+}
+
+// upstreamPeers finds the upstream peers a preload caller could be.
+type upstreamPeers interface {
+	// PeersAt lists the peers with a connection from addr.
+	PeersAt(addr netip.Addr) []peer.ID
+}
+
+// hostPeers is upstreamPeers over the front host's connections.
+type hostPeers struct{ n network.Network }
+
+func (h hostPeers) PeersAt(addr netip.Addr) []peer.ID {
+	if !addr.IsValid() {
+		return nil
+	}
+	var out []peer.ID
+	for _, p := range h.n.Peers() {
+		if peerAt(h.n, p, addr) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // peerAt reports whether any connection to p comes from addr.
@@ -233,13 +245,13 @@ func (r *Relay) reverseCancelLocked(node peer.ID, c cid.Cid) {
 
 // fromUpstreamReplies handles blocks and presences an upstream peer sent in
 // answer to reverse wants; anything else from upstream is ignored.
-func (r *Relay) fromUpstreamRepliesLocked(p peer.ID, msg bsmsg.BitSwapMessage) {
+func (r *Relay) fromUpstreamRepliesLocked(p peer.ID, msg bsmsg.BitSwapMessage, links map[cid.Cid][]cid.Cid) {
 	for _, b := range msg.Blocks() {
 		rw := r.reverse[b.Cid()]
 		if rw == nil {
 			continue
 		}
-		r.reverseBlockLocked(rw, b)
+		r.reverseBlockLocked(rw, b, links[b.Cid()])
 	}
 	for _, c := range msg.Haves() {
 		rw := r.reverse[c]
@@ -294,11 +306,7 @@ func (r *Relay) reverseRetryLocked(rw *rwant, p peer.ID) {
 // reverseBlockLocked delivers a block from upstream to the fleet nodes that
 // want it and authorises its links in their sessions. Its CID was computed
 // from its bytes when the message was parsed, so it is the block wanted.
-func (r *Relay) reverseBlockLocked(rw *rwant, b blocks.Block) {
-	links, err := Links(b.Cid(), b.RawData())
-	if err != nil {
-		r.log.Debug("reverse block links", zap.Error(err))
-	}
+func (r *Relay) reverseBlockLocked(rw *rwant, b blocks.Block, links []cid.Cid) {
 	for n := range rw.nodes {
 		r.nodeLocked(n).out.block(r.ctx, b)
 		r.counters.ReverseBlocks.Add(1)
@@ -316,6 +324,34 @@ func (r *Relay) reverseBlockLocked(rw *rwant, b blocks.Block) {
 		}
 	}
 	delete(r.reverse, rw.c)
+}
+
+// reverseLinks decodes the links of the blocks from upstream that a
+// reverse session waits for, without the relay's lock held while decoding.
+func (r *Relay) reverseLinks(bs []blocks.Block) map[cid.Cid][]cid.Cid {
+	if len(bs) == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	var wanted []blocks.Block
+	for _, b := range bs {
+		if r.reverse[b.Cid()] != nil {
+			wanted = append(wanted, b)
+		}
+	}
+	r.mu.Unlock()
+	if len(wanted) == 0 {
+		return nil
+	}
+	out := make(map[cid.Cid][]cid.Cid, len(wanted))
+	for _, b := range wanted {
+		links, err := Links(b.Cid(), b.RawData())
+		if err != nil {
+			r.log.Debug("reverse block links", zap.Error(err))
+		}
+		out[b.Cid()] = links
+	}
+	return out
 }
 
 // reversePeerGoneLocked forgets an upstream peer that disconnected.

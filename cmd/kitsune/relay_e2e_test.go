@@ -169,25 +169,8 @@ func TestMissingCIDFailsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	missCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	protected := make(chan bool, 1)
-	go func() {
-		// While the client has a want in flight, the connection manager
-		// must not trim its connection.
-		deadline := time.Now().Add(4 * time.Second)
-		for time.Now().Before(deadline) {
-			if k.front.ConnManager().IsProtected(client.ID, "kitsune-wants") {
-				protected <- true
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		protected <- false
-	}()
 	_, err = client.Cat(missCtx, missing.String())
 	cancel()
-	if !<-protected {
-		t.Fatal("a client with a want in flight was never protected from connection trimming")
-	}
 	if err == nil {
 		t.Fatal("fetching a CID nobody has succeeded")
 	}
@@ -199,16 +182,42 @@ func TestMissingCIDFailsCleanly(t *testing.T) {
 	if n := k.relay.Counters().Failovers.Load(); n == 0 {
 		t.Fatal("the want never moved past the first node's DONT_HAVE")
 	}
+	// A want every node refused is not worth keeping the client's
+	// connection for (issue 11, hole 4).
+	eventually(t, 5*time.Second, "no protection for a client whose only want every node refused", func() bool {
+		return !k.front.ConnManager().IsProtected(client.ID, "kitsune-wants")
+	})
 
-	// Still serving.
-	data := randomBytes(t, 300<<10)
+	// Still serving; and while the client has wants out at a node, the
+	// connection manager must not trim its connection.
+	data := randomBytes(t, 4<<20)
 	c, err := b.AddBytes(ctx, data)
 	if err != nil {
 		t.Fatal(err)
 	}
+	protected := make(chan bool, 1)
+	fetched := make(chan struct{})
+	go func() {
+		for {
+			if k.front.ConnManager().IsProtected(client.ID, "kitsune-wants") {
+				protected <- true
+				return
+			}
+			select {
+			case <-fetched:
+				protected <- false
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
 	got, err := client.Cat(ctx, c.String())
+	close(fetched)
 	if err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("fetch after a miss: %v (%d bytes)", err, len(got))
+	}
+	if !<-protected {
+		t.Fatal("a client with wants in flight was never protected from connection trimming")
 	}
 	waitRelayEmpty(t, k)
 	eventually(t, 5*time.Second, "the client's protection to end with its wants", func() bool {
