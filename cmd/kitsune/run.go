@@ -34,11 +34,13 @@ type config struct {
 	Preload    preloadConfig
 	Front      frontSettings
 	Admin      adminConfig
+	MDNS       bool
 }
 
 func (c *runCmd) config() (config, error) {
 	cfg := config{
 		KeyFile: c.Key,
+		MDNS:    c.MDNS,
 		Relay: bitswap.Config{
 			MaxWantsPerPeer:    c.MaxWantsPerPeer,
 			MaxInFlightPerNode: c.MaxInflightPerNode,
@@ -179,6 +181,15 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		return nil, err
 	}
 
+	var lan io.Closer = nopCloser{}
+	if cfg.MDNS {
+		if lan, err = proxy.StartMDNS(front, log.Named("mdns")); err != nil {
+			front.Close()
+			back.Close()
+			return nil, err
+		}
+	}
+
 	runCtx, cancel := context.WithCancel(ctx)
 	relay.Start(runCtx)
 	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, done: make(chan struct{})}
@@ -209,6 +220,9 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	fmt.Fprintf(out, "Kitsune peer ID %s\n", front.ID())
 	fmt.Fprintf(out, "Back host peer ID %s (add it to the Kubo nodes' Peering.Peers and Swarm.ResourceMgr.Allowlist)\n", back.ID())
 	cfg.Front.printAddrs(out, front)
+	if cfg.MDNS {
+		fmt.Fprintln(out, "Announcing on the local network by mDNS")
+	}
 	if pre != nil {
 		fmt.Fprintf(out, "Preload API (POST /api/v0/refs) on %s\n", pre.URL())
 	}
@@ -229,6 +243,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 				}
 				ccancel()
 				cancel()
+				_ = lan.Close()
 				front.Close()
 				wg.Wait()
 				back.Close()
@@ -280,3 +295,7 @@ func run(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) error 
 func (k *kitsune) frontInfo() peer.AddrInfo {
 	return peer.AddrInfo{ID: k.front.ID(), Addrs: k.front.Addrs()}
 }
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }
