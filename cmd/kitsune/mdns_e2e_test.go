@@ -69,7 +69,7 @@ func TestMDNSOnLAN(t *testing.T) {
 	// What the client knows of Kitsune's addresses (mDNS and identify):
 	// with a loopback or private one among them, Kubo counts Kitsune as a
 	// local peer and broadcasts its wants to it.
-	t.Logf("the client's addresses for Kitsune:\n%s", client.mustIPFS(t, "swarm", "addrs"))
+	t.Logf("the client's addresses for Kitsune: %v", peerAddrs(client.mustIPFS(t, "swarm", "addrs"), id))
 	start := time.Now()
 	got, err := client.ipfs(testCtx(t, 60*time.Second), "cat", "--timeout=50s", c)
 	if err != nil {
@@ -80,4 +80,21 @@ func TestMDNSOnLAN(t *testing.T) {
 		t.Fatalf("got %d bytes, want the %d added", len(got), len(data))
 	}
 	t.Logf("fetched %d bytes through Kitsune in %v", len(got), time.Since(start).Round(time.Millisecond))
+}
+
+// peerAddrs picks one peer's addresses out of `ipfs swarm addrs` output:
+// a "<peer ID> (n)" line followed by its indented addresses.
+func peerAddrs(out, id string) []string {
+	var addrs []string
+	in := false
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(line, "\t") && !strings.HasPrefix(line, " ") {
+			in = strings.HasPrefix(line, id+" ")
+			continue
+		}
+		if in {
+			addrs = append(addrs, strings.TrimSpace(line))
+		}
+	}
+	return addrs
 }
