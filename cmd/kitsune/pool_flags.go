@@ -86,16 +86,9 @@ func (f *poolFlags) config(relay *bitswap.Config) (poolConfig, error) {
 		if _, _, err := downstream.ParseDNSName(f.DownstreamDNS); err != nil {
 			return poolConfig{}, fmt.Errorf("--downstream-dns: %w", err)
 		}
-		src := &downstream.DNSSource{Name: f.DownstreamDNS, Interval: f.DNSInterval}
-		if f.DNSServer != "" {
-			if _, _, err := net.SplitHostPort(f.DNSServer); err != nil {
-				return poolConfig{}, fmt.Errorf("--dns-server %q: want host:port", f.DNSServer)
-			}
-			server := f.DNSServer
-			src.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, server)
-			}}
+		src, err := dnsSource(f.DownstreamDNS, f.DNSServer, f.DNSInterval)
+		if err != nil {
+			return poolConfig{}, err
 		}
 		pc.DNS = src
 	}
@@ -107,4 +100,20 @@ func (f *poolFlags) config(relay *bitswap.Config) (poolConfig, error) {
 		pc.File, pc.FileAddrs = f.DownstreamFile, addrs
 	}
 	return pc, nil
+}
+
+// dnsSource is --downstream-dns with its --dns-server; run and doctor
+// share it.
+func dnsSource(name, server string, interval time.Duration) (*downstream.DNSSource, error) {
+	src := &downstream.DNSSource{Name: name, Interval: interval}
+	if server != "" {
+		if _, _, err := net.SplitHostPort(server); err != nil {
+			return nil, fmt.Errorf("--dns-server %q: want host:port", server)
+		}
+		src.Resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, server)
+		}}
+	}
+	return src, nil
 }
