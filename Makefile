@@ -9,9 +9,11 @@ KUBO_STAMP := $(CACHE)/kubo-$(KUBO_VER).stamp
 KITSUNE   := $(CURDIR)/bin/kitsune
 HELIA_DIR := testdata/helia
 HELIA_STAMP := $(HELIA_DIR)/node_modules/.package-lock.json
+JSIPFS_DIR := testdata/jsipfs
+JSIPFS_STAMP := $(JSIPFS_DIR)/node_modules/.package-lock.json
 TEST_FLAGS ?= -timeout 40m
 
-.PHONY: all build kubo helia run test vet fmt-check clean bench fuzz fuzz-short soak docs
+.PHONY: all build kubo helia jsipfs run test vet fmt-check clean bench fuzz fuzz-short soak docs
 
 all: build
 
@@ -36,6 +38,14 @@ $(HELIA_STAMP): $(HELIA_DIR)/package.json $(HELIA_DIR)/package-lock.json
 	npm ci --prefix $(HELIA_DIR) --no-audit --no-fund
 	touch $@
 
+# Stock js-ipfs (ipfs-core 0.18.1) as deployed apps ship it, from npm; it
+# runs on the Node 22 that `make helia` installs.
+jsipfs: $(JSIPFS_STAMP)
+
+$(JSIPFS_STAMP): $(JSIPFS_DIR)/package.json $(JSIPFS_DIR)/package-lock.json
+	npm ci --prefix $(JSIPFS_DIR) --no-audit --no-fund
+	touch $@
+
 run: build kubo
 	./scripts/devfleet.sh $(KITSUNE) $(KUBO)
 
@@ -45,7 +55,7 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: kubo helia fmt-check vet
+test: kubo helia jsipfs fmt-check vet
 	KITSUNE_KUBO_BIN=$(KUBO) $(GO) test $(TEST_FLAGS) ./...
 	$(MAKE) --no-print-directory fuzz-short
 
@@ -95,7 +105,7 @@ bench: build kubo
 	KITSUNE_KUBO_BIN=$(KUBO) $(BENCH) -kitsune $(KITSUNE) -out bench/results -command "make bench" $(BENCH_FLAGS)
 
 clean:
-	rm -rf $(CACHE) bin $(HELIA_DIR)/node_modules
+	rm -rf $(CACHE) bin $(HELIA_DIR)/node_modules $(JSIPFS_DIR)/node_modules
 
 # Reference documents generated from the code; a test fails when they are
 # stale, naming this target.
