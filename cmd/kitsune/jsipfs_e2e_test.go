@@ -121,19 +121,19 @@ func (js *jsIPFS) next(t *testing.T, want string, d time.Duration) jsIPFSEvent {
 	select {
 	case e, ok := <-js.events:
 		if !ok {
-			t.Fatalf("js-ipfs exited while waiting for %q; stderr:\n%s", want, tail(js.stderr.String(), 3000))
+			t.Fatalf("js-ipfs exited while waiting for %q; stderr:\n%s", want, lastChars(js.stderr.String(), 3000))
 		}
 		if e.Event != want {
-			t.Fatalf("js-ipfs: got %q (%s), want %q; stderr:\n%s", e.Event, e.Error, want, tail(js.stderr.String(), 3000))
+			t.Fatalf("js-ipfs: got %q (%s), want %q; stderr:\n%s", e.Event, e.Error, want, lastChars(js.stderr.String(), 3000))
 		}
 		return e
 	case <-time.After(d):
-		t.Fatalf("js-ipfs: no %q within %v; stderr:\n%s", want, d, tail(js.stderr.String(), 3000))
+		t.Fatalf("js-ipfs: no %q within %v; stderr:\n%s", want, d, lastChars(js.stderr.String(), 3000))
 	}
 	return jsIPFSEvent{}
 }
 
-func tail(s string, n int) string {
+func lastChars(s string, n int) string {
 	if len(s) > n {
 		return "…" + s[len(s)-n:]
 	}
