@@ -171,6 +171,7 @@ type wantLog struct {
 	wants   map[cid.Cid]int // want entries (not cancels) per CID
 	cancels map[cid.Cid]int
 	types   map[cid.Cid]pb.Message_Wantlist_WantType // last type seen
+	prios   map[cid.Cid]int32                        // last priority seen
 	open    map[cid.Cid]bool                         // wanted, not cancelled or answered
 	maxOpen int
 }
@@ -180,6 +181,7 @@ func newWantLog() *wantLog {
 		wants:   make(map[cid.Cid]int),
 		cancels: make(map[cid.Cid]int),
 		types:   make(map[cid.Cid]pb.Message_Wantlist_WantType),
+		prios:   make(map[cid.Cid]int32),
 		open:    make(map[cid.Cid]bool),
 	}
 }
@@ -195,6 +197,7 @@ func (l *wantLog) record(msg bsmsg.BitSwapMessage) {
 		}
 		l.wants[e.Cid]++
 		l.types[e.Cid] = e.WantType
+		l.prios[e.Cid] = e.Priority
 		l.open[e.Cid] = true
 	}
 	if len(l.open) > l.maxOpen {
@@ -206,6 +209,12 @@ func (l *wantLog) wanted(c cid.Cid) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.wants[c]
+}
+
+func (l *wantLog) priority(c cid.Cid) int32 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.prios[c]
 }
 
 func (l *wantLog) cancelled(c cid.Cid) int {

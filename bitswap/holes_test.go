@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 	"sync"
@@ -161,10 +162,11 @@ func TestOneStallCountsOneFailure(t *testing.T) {
 }
 
 // Hole 7: a miss (every node said DONT_HAVE) makes a node search the
-// network only for a want-block, and one peer gets a bounded number of
-// such searches: Kubo clients broadcast want-have for everything.
-func TestMissFetchOnlyForWantBlockWithinPeerRate(t *testing.T) {
-	e := newEnv(t, Config{FetchMisses: true, MissFetchBurst: 5, MissFetchRate: 1e-6})
+// network within a per-peer allowance: a small one for want-have (every
+// Kubo client broadcasts want-have for whatever it looks for), a larger
+// one for want-block.
+func TestMissFetchesBoundedPerPeerMostlyForWantBlock(t *testing.T) {
+	e := newEnv(t, Config{FetchMisses: true, MissFetchBurst: 32, MissFetchRate: 1e-6, MissFetchesPerNode: 100})
 	e.addServerNode(0)
 	p := e.newRawPeer()
 	haves := missingCids(t, 20)
@@ -172,98 +174,24 @@ func TestMissFetchOnlyForWantBlockWithinPeerRate(t *testing.T) {
 	eventually(t, 5*time.Second, func() string { return "DONT_HAVE for every want-have: " + e.describe() }, func() bool {
 		return p.got.total() == len(haves)
 	})
-	if n := e.down.fetchCount(); n != 0 {
-		t.Fatalf("%d miss fetches for want-have broadcasts", n)
+	if n := e.down.fetchCount(); n != 2 {
+		t.Fatalf("%d miss fetches for 20 want-have broadcasts; the allowance is 32/16 = 2", n)
 	}
 	blocksWanted := missingCids(t, 40)
 	p.wantBlock(blocksWanted...)
 	eventually(t, 5*time.Second, func() string { return "DONT_HAVE for every want-block: " + e.describe() }, func() bool {
 		return p.got.total() == len(haves)+len(blocksWanted)
 	})
-	if n := e.down.fetchCount(); n != 5 {
-		t.Errorf("%d miss fetches for 40 want-blocks from one peer with a burst of 5", n)
+	if n := e.down.fetchCount(); n != 2+32 {
+		t.Errorf("%d miss fetches for 40 want-blocks from one peer with a burst of 32 (and 2 before)", n)
 	}
 	// Another peer has its own allowance.
 	q := e.newRawPeer()
 	q.wantBlock(missingCid(t))
 	eventually(t, 5*time.Second, func() string { return "the other peer's DONT_HAVE: " + e.describe() }, func() bool { return q.got.total() == 1 })
-	if n := e.down.fetchCount(); n != 6 {
-		t.Errorf("%d miss fetches after another peer's want-block; expected 6", n)
+	if n := e.down.fetchCount(); n != 2+32+1 {
+		t.Errorf("%d miss fetches after another peer's want-block; expected 35", n)
 	}
-}
-
-// Hole 4: wants every node refused must not stay for ever, fill the
-// peer's cap, or keep the peer protected.
-func TestRefusedWants(t *testing.T) {
-	t.Run("evicted first at the cap", func(t *testing.T) {
-		e := newEnv(t, Config{MaxWantsPerPeer: 4})
-		blk := makeBlock(t, 2000)
-		e.addServerNode(0, blk)
-		p := e.newRawPeer()
-		refused := missingCids(t, 4)
-		p.wantBlock(refused...)
-		eventually(t, 5*time.Second, func() string { return "4 DONT_HAVEs: " + e.describe() }, func() bool { return p.got.total() == 4 })
-		p.wantBlock(blk.Cid())
-		eventually(t, 5*time.Second, func() string { return "the block past the cap: " + e.describe() }, func() bool {
-			_, n := p.got.block(blk.Cid())
-			return n == 1
-		})
-		if s := e.stats(); s.Wants != 3 {
-			t.Errorf("%d wants kept; expected the 3 refused ones not evicted", s.Wants)
-		}
-	})
-	t.Run("expire", func(t *testing.T) {
-		e := newEnv(t, Config{ExhaustedTTL: 200 * time.Millisecond, CheckInterval: 10 * time.Millisecond})
-		e.addServerNode(0)
-		p := e.newRawPeer()
-		p.wantBlock(missingCids(t, 3)...)
-		eventually(t, 5*time.Second, func() string { return "3 DONT_HAVEs: " + e.describe() }, func() bool { return p.got.total() == 3 })
-		eventually(t, 5*time.Second, func() string { return "refused wants gone: " + e.describe() }, func() bool { return e.stats().Wants == 0 })
-		e.waitIdle()
-	})
-	t.Run("DONT_HAVE past the cap", func(t *testing.T) {
-		e := newEnv(t, Config{MaxWantsPerPeer: 2})
-		e.addRawNode() // holds every want, answers nothing
-		p := e.newRawPeer()
-		p.wantBlock(missingCids(t, 2)...)
-		eventually(t, 5*time.Second, func() string { return "2 wants out: " + e.describe() }, func() bool { return e.stats().Wants == 2 })
-		over := missingCid(t)
-		p.wantBlock(over)
-		eventually(t, 5*time.Second, func() string { return "DONT_HAVE for the want over the cap: " + e.describe() }, func() bool {
-			return p.got.dontHave(over) == 1
-		})
-	})
-	t.Run("protected only while out at a node", func(t *testing.T) {
-		e := newEnv(t, Config{})
-		n := e.addRawNode()
-		p := e.newRawPeer()
-		c := missingCid(t)
-		p.wantBlock(c)
-		eventually(t, 5*time.Second, func() string { return "want at the node: " + e.describe() }, func() bool { return n.wlog.isOpen(c) })
-		if !e.tap.isProtected(p.h.ID()) {
-			t.Fatal("a peer with a want out at a node is not protected")
-		}
-		n.sendDontHave(c)
-		eventually(t, 5*time.Second, func() string { return "DONT_HAVE: " + e.describe() }, func() bool { return p.got.dontHave(c) == 1 })
-		eventually(t, 5*time.Second, func() string { return "protection lifted" }, func() bool { return !e.tap.isProtected(p.h.ID()) })
-	})
-	t.Run("node up asks only the new node", func(t *testing.T) {
-		e := newEnv(t, Config{})
-		a := e.addServerNode(0)
-		p := e.newRawPeer()
-		c := missingCid(t)
-		p.wantBlock(c)
-		eventually(t, 5*time.Second, func() string { return "DONT_HAVE: " + e.describe() }, func() bool { return p.got.dontHave(c) == 1 })
-		b := e.addServerNode(0)
-		eventually(t, 5*time.Second, func() string { return "asked at the new node: " + e.describe() }, func() bool { return b.wlog.wanted(c) == 1 })
-		eventually(t, 5*time.Second, func() string { return "second DONT_HAVE: " + e.describe() }, func() bool { return p.got.dontHave(c) == 2 })
-		if got := a.wlog.wanted(c); got != 1 {
-			t.Errorf("the node that refused was asked %d times; a node joining elsewhere should not ask it again", got)
-		}
-		// A node coming back that refused before is not asked again.
-		e.relay.NodeUp(a.h.ID())
-		holds(t, 200*time.Millisecond, func() string { return "asked again at a node that refused" }, func() bool { return a.wlog.wanted(c) == 1 && b.wlog.wanted(c) == 1 })
-	})
 }
 
 // sendNet is a network whose SendMessage the test scripts: it fails the
@@ -394,5 +322,41 @@ func TestReverseAsksOnlyPeersAtCallerAddress(t *testing.T) {
 	}
 	if s := e.stats(); s.ReverseWants != 0 {
 		t.Errorf("reverse wants left: %s", e.describe())
+	}
+}
+
+// Hole 2: Kitsune is one peer to a Kubo node, which serves that peer's
+// highest priority first. Upstream priorities passed through let a busy
+// boxo client (priorities counting down from MaxInt32) bury a Helia
+// client's wants (priority 1) behind its whole backlog; Kitsune sets the
+// priority itself, so a newly arrived client's wants come next.
+func TestLatePeerOutranksBusyPeerBacklogDownstream(t *testing.T) {
+	e := newEnv(t, Config{})
+	n := e.addRawNode() // answers nothing: the backlog stays
+	busy, late := e.newRawPeer(), e.newRawPeer()
+	backlog := missingCids(t, 300)
+	msg := bsmsg.New(false)
+	for i, c := range backlog {
+		msg.AddEntry(c, math.MaxInt32-int32(i), pb.Message_Wantlist_Block, true)
+	}
+	busy.send(msg)
+	eventually(t, 5*time.Second, func() string { return "the backlog at the node: " + e.describe() }, func() bool {
+		return len(n.wlog.openCids()) == len(backlog)
+	})
+	mine := missingCids(t, 5)
+	late.want(pb.Message_Wantlist_Block, true, mine...) // priority 1, as Helia sends
+	eventually(t, 5*time.Second, func() string { return "the late wants at the node: " + e.describe() }, func() bool {
+		return len(n.wlog.openCids()) == len(backlog)+len(mine)
+	})
+	for _, c := range mine {
+		ahead := 0
+		for _, b := range backlog {
+			if n.wlog.priority(b) >= n.wlog.priority(c) {
+				ahead++
+			}
+		}
+		if ahead > len(mine) {
+			t.Errorf("a late client's want (priority %d) is behind %d of the busy client's %d at the node", n.wlog.priority(c), ahead, len(backlog))
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"container/list"
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,10 +69,12 @@ type Config struct {
 	// MissFetchesPerNode bounds the fetches in flight on one node.
 	MissFetchesPerNode int
 	// MissFetchRate and MissFetchBurst bound the miss fetches one upstream
-	// peer may cause (a token bucket: per second, and at once). Only a
-	// want-block causes one: every Kubo client broadcasts want-have for
-	// whatever it looks for, and each would make the fleet search the
-	// network.
+	// peer's want-blocks may cause (a token bucket: per second, and at
+	// once). Want-have gets a sixteenth of that: every Kubo client
+	// broadcasts want-have for whatever it looks for, and each would make
+	// the fleet search the network; but that broadcast is also how a Kubo
+	// client asks for a DAG's root, and only a HAVE for the root brings
+	// its want-blocks for the rest.
 	MissFetchRate  float64
 	MissFetchBurst int
 	// CheckInterval is how often silent nodes are looked for.
@@ -95,8 +98,8 @@ const (
 	DefaultMaxHaveBlockSize   = 1024
 	DefaultMissFetchTimeout   = 30 * time.Second
 	DefaultMissFetchesPerNode = 16
-	DefaultMissFetchRate      = 1.0
-	DefaultMissFetchBurst     = 8
+	DefaultMissFetchRate      = 8.0
+	DefaultMissFetchBurst     = 32
 	DefaultPeerBufferBytes    = 16 << 20
 	DefaultExhaustedTTL       = 2 * time.Minute
 )
@@ -144,6 +147,8 @@ type want struct {
 	node     peer.ID
 	sentType pb.Message_Wantlist_WantType
 	sentAt   time.Time
+	// prio is the priority Kitsune gives w downstream (see priorityLocked).
+	prio int32
 	// tried holds the nodes that answered DONT_HAVE in this round.
 	tried map[peer.ID]struct{}
 	// queued is set while the want waits for a node with room.
@@ -172,17 +177,6 @@ func (w *want) needsBlock() bool {
 	return false
 }
 
-func (w *want) priority() int32 {
-	var p int32
-	first := true
-	for _, wr := range w.wanters {
-		if first || wr.priority > p {
-			p, first = wr.priority, false
-		}
-	}
-	return p
-}
-
 type upstream struct {
 	wants map[cid.Cid]struct{}
 	out   *replyOutbox
@@ -191,12 +185,16 @@ type upstream struct {
 	deferred map[cid.Cid]wanter
 	// reverse carries Kitsune's own wants to this peer (reverse sessions).
 	reverse *wantOutbox
-	// fetches is the peer's miss-fetch allowance.
-	fetches tokenBucket
+	// fetches and haveFetches are the peer's miss-fetch allowances, for
+	// want-block and want-have.
+	fetches, haveFetches tokenBucket
 	// exhausted are those of wants every node refused: evicted first when
 	// the peer is at its cap, and not worth protecting the peer for.
 	exhausted map[cid.Cid]struct{}
 	protected bool
+	// served counts the wants sent to nodes for this peer since it last
+	// had nothing out: the basis of its wants' priority downstream.
+	served int32
 }
 
 type node struct {
@@ -484,6 +482,7 @@ func (r *Relay) protectLocked(p peer.ID, u *upstream) {
 		r.front.Protect(p, wantsTag)
 	case !busy && u.protected:
 		r.front.Unprotect(p, wantsTag)
+		u.served = 0 // idle: its next wants come first again
 	default:
 		return
 	}
@@ -520,7 +519,8 @@ func (r *Relay) answerLocallyLocked(u *upstream, e bsmsg.Entry) bool {
 
 func (r *Relay) newUpstreamLocked(p peer.ID) *upstream {
 	u := &upstream{wants: make(map[cid.Cid]struct{}), deferred: make(map[cid.Cid]wanter), exhausted: make(map[cid.Cid]struct{}),
-		fetches: newTokenBucket(r.cfg.MissFetchRate, r.cfg.MissFetchBurst, time.Now())}
+		fetches:     newTokenBucket(r.cfg.MissFetchRate, r.cfg.MissFetchBurst, time.Now()),
+		haveFetches: newTokenBucket(r.cfg.MissFetchRate/16, max(1, r.cfg.MissFetchBurst/16), time.Now())}
 	u.out = newReplyOutbox(p, r.front, r.log, r.countSent, r.cfg.PeerBufferBytes, func() { r.resumeDeferred(p) })
 	r.peers[p] = u
 	return u
@@ -595,7 +595,7 @@ func (r *Relay) addWanterLocked(p peer.ID, u *upstream, e bsmsg.Entry) {
 	case w.node != "" && w.sentType == pb.Message_Wantlist_Have && wr.wantType == pb.Message_Wantlist_Block:
 		// Upgrade on the node that has the want already.
 		w.sentType = pb.Message_Wantlist_Block
-		r.nodeLocked(w.node).out.want(r.ctx, w.c, w.sentType, w.priority())
+		r.nodeLocked(w.node).out.want(r.ctx, w.c, w.sentType, w.prio)
 		r.counters.WantsForwarded.Add(1)
 	}
 }
@@ -679,8 +679,31 @@ func (r *Relay) fullLocked(id peer.ID) bool {
 	return n != nil && n.outstanding >= r.cfg.MaxInFlightPerNode
 }
 
+// priorityLocked is the priority w gets downstream, set by Kitsune: to a
+// Kubo node Kitsune is one peer, whose wants it serves highest priority
+// first, while upstream clients count priorities as they like (boxo down
+// from MaxInt32 per peer, Helia 1 for everything), so passing theirs on
+// let a busy Kubo client starve a Helia one. Each peer's n-th want out
+// gets MaxInt32 - n: the node interleaves the peers' wants, a peer that
+// just arrived is served next, and one with a deep backlog waits its turn.
+func (r *Relay) priorityLocked(w *want) int32 {
+	var best int32 = 1
+	for p := range w.wanters {
+		if u := r.peers[p]; u != nil {
+			best = max(best, math.MaxInt32-u.served)
+			if u.served < math.MaxInt32-1 {
+				u.served++
+			}
+		}
+	}
+	return best
+}
+
 // assignLocked sends w to node id.
 func (r *Relay) assignLocked(w *want, id peer.ID) {
+	if w.prio == 0 {
+		w.prio = r.priorityLocked(w)
+	}
 	w.node = id
 	w.sentAt = time.Now()
 	w.sentType = pb.Message_Wantlist_Have
@@ -695,7 +718,7 @@ func (r *Relay) assignLocked(w *want, id peer.ID) {
 	n.outstanding++
 	n.wants[w.c] = w
 	n.asked.put(w.c, id)
-	n.out.want(r.ctx, w.c, w.sentType, w.priority())
+	n.out.want(r.ctx, w.c, w.sentType, w.prio)
 	r.down.Sent(id)
 	r.counters.WantsForwarded.Add(1)
 }
@@ -799,16 +822,24 @@ func (r *Relay) missLocked(w *want) {
 }
 
 // chargeFetchLocked takes a miss fetch from the allowance of a peer that
-// wants w's block, and reports whether one had any left. Want-have alone
-// never fetches.
+// wants w, and reports whether one had any left: a want-block peer's
+// first, the much smaller want-have allowance only when nobody wants the
+// block itself.
 func (r *Relay) chargeFetchLocked(w *want) bool {
 	now := time.Now()
+	block := w.needsBlock()
 	for p, wr := range w.wanters {
-		if wr.wantType != pb.Message_Wantlist_Block {
-			continue
-		}
-		if u := r.peers[p]; u != nil && u.fetches.take(now) {
-			return true
+		u := r.peers[p]
+		switch {
+		case u == nil:
+		case wr.wantType == pb.Message_Wantlist_Block:
+			if u.fetches.take(now) {
+				return true
+			}
+		case !block:
+			if u.haveFetches.take(now) {
+				return true
+			}
 		}
 	}
 	return false
@@ -1067,7 +1098,7 @@ func (r *Relay) deliverHaveLocked(w *want, from peer.ID) {
 	if len(w.wanters) > 0 {
 		if w.sentType == pb.Message_Wantlist_Have {
 			w.sentType = pb.Message_Wantlist_Block
-			r.nodeLocked(from).out.want(r.ctx, w.c, w.sentType, w.priority())
+			r.nodeLocked(from).out.want(r.ctx, w.c, w.sentType, w.prio)
 			r.counters.WantsForwarded.Add(1)
 		}
 		return
