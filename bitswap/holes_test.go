@@ -16,6 +16,7 @@ import (
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	pb "github.com/ipfs/boxo/bitswap/message/pb"
 	bsnetiface "github.com/ipfs/boxo/bitswap/network"
+	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	mh "github.com/multiformats/go-multihash"
@@ -358,5 +359,54 @@ func TestLatePeerOutranksBusyPeerBacklogDownstream(t *testing.T) {
 		if ahead > len(mine) {
 			t.Errorf("a late client's want (priority %d) is behind %d of the busy client's %d at the node", n.wlog.priority(c), ahead, len(backlog))
 		}
+	}
+}
+
+// Hole 2, Kitsune's own queue: with the node full, a newly arrived
+// client's wants go out before another client's queued backlog.
+func TestQueueServesLatePeerBeforeBusyBacklog(t *testing.T) {
+	e := newEnv(t, Config{MaxInFlightPerNode: 2})
+	var all, backlog, mine []blocks.Block
+	for range 40 {
+		b := makeBlock(t, 1500)
+		backlog = append(backlog, b)
+		all = append(all, b)
+	}
+	for range 2 {
+		b := makeBlock(t, 1500)
+		mine = append(mine, b)
+		all = append(all, b)
+	}
+	n := e.addRawNode(all...)
+	busy, late := e.newRawPeer(), e.newRawPeer()
+	var cs []cid.Cid
+	for _, b := range backlog {
+		cs = append(cs, b.Cid())
+	}
+	busy.wantBlock(cs...)
+	eventually(t, 5*time.Second, func() string { return "backlog queued: " + e.describe() }, func() bool { return e.stats().Queued == len(backlog)-2 })
+	late.wantBlock(mine[0].Cid(), mine[1].Cid())
+	eventually(t, 5*time.Second, func() string { return "late wants queued: " + e.describe() }, func() bool { return e.stats().Queued == len(backlog) })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, k0 := late.got.block(mine[0].Cid())
+		_, k1 := late.got.block(mine[1].Cid())
+		if k0 == 1 && k1 == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the late client's blocks never came: %s", e.describe())
+		}
+		n.answerOpen()
+		time.Sleep(10 * time.Millisecond)
+	}
+	served := 0
+	for _, b := range backlog {
+		if _, k := busy.got.block(b.Cid()); k > 0 {
+			served++
+		}
+	}
+	if served > 6 {
+		t.Errorf("the busy client got %d blocks before the late client's 2 (node cap 2)", served)
 	}
 }

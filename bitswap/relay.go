@@ -151,8 +151,10 @@ type want struct {
 	prio int32
 	// tried holds the nodes that answered DONT_HAVE in this round.
 	tried map[peer.ID]struct{}
-	// queued is set while the want waits for a node with room.
-	queued *list.Element
+	// qi is w's index in the queue while it waits for a node with room
+	// (-1 otherwise), qseq its arrival there.
+	qi   int
+	qseq uint64
 	// exhausted is set once every node said DONT_HAVE; the want stays for
 	// its wanters (as a Kubo server keeps it in its ledger) and is tried
 	// again when one of them asks again or a node joins.
@@ -232,7 +234,7 @@ type Relay struct {
 	wants map[cid.Cid]*want
 	peers map[peer.ID]*upstream
 	nodes map[peer.ID]*node
-	queue *list.List // of *want waiting for a node with room
+	queue wantQueue // wants waiting for a node with room
 	// expiring holds the exhausted wants, oldest first (see ExhaustedTTL).
 	expiring *list.List
 	hints    hintCache // which node last said HAVE for a CID
@@ -290,7 +292,6 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 		wants:    make(map[cid.Cid]*want),
 		peers:    make(map[peer.ID]*upstream),
 		nodes:    make(map[peer.ID]*node),
-		queue:    list.New(),
 		expiring: list.New(),
 		hints:    newHintCache(4096),
 
@@ -338,7 +339,7 @@ func (r *Relay) Close(ctx context.Context) error {
 		}
 	}
 	r.wants = make(map[cid.Cid]*want)
-	r.queue.Init()
+	r.queue.reset()
 	for p, u := range r.peers {
 		u.out.close()
 		delete(r.peers, p)
@@ -577,7 +578,7 @@ func (r *Relay) addWanterLocked(p peer.ID, u *upstream, e bsmsg.Entry) {
 
 	w := r.wants[e.Cid]
 	if w == nil {
-		w = &want{c: e.Cid, wanters: map[peer.ID]wanter{p: wr}, tried: make(map[peer.ID]struct{})}
+		w = &want{c: e.Cid, wanters: map[peer.ID]wanter{p: wr}, tried: make(map[peer.ID]struct{}), qi: -1}
 		r.wants[e.Cid] = w
 		r.dispatchLocked(w)
 		return
@@ -626,10 +627,7 @@ func (r *Relay) removeWanterLocked(p peer.ID, u *upstream, c cid.Cid) {
 func (r *Relay) dropWantLocked(w *want) {
 	delete(r.wants, w.c)
 	r.setExhaustedLocked(w, false)
-	if w.queued != nil {
-		r.queue.Remove(w.queued)
-		w.queued = nil
-	}
+	r.queue.remove(w)
 	if w.cancelFetch != nil {
 		w.cancelFetch()
 		w.cancelFetch = nil
@@ -757,9 +755,10 @@ func (r *Relay) dispatchLocked(w *want) {
 		return
 	}
 	if _, ok := r.down.Pick(w.c, tried); ok {
-		if w.queued == nil {
-			w.queued = r.queue.PushBack(w)
+		if w.prio == 0 {
+			w.prio = r.priorityLocked(w)
 		}
+		r.queue.add(w)
 		return
 	}
 	r.missLocked(w)
@@ -917,14 +916,20 @@ func (r *Relay) expireLocked(now time.Time) {
 // drainQueueLocked moves queued wants to nodes that have room again. It
 // goes through the whole queue once rather than stopping at the first want
 // that queues again: that one may wait for a busy node while the wants
-// behind it could go to an idle one now.
+// behind it could go to an idle one now. Wants go out highest priority
+// first (see wantQueue).
 func (r *Relay) drainQueueLocked() {
+	var held []*want // queued again: back in once the pass is over
 	for n := r.queue.Len(); n > 0 && r.roomLocked(); n-- {
-		e := r.queue.Front()
-		w := e.Value.(*want)
-		r.queue.Remove(e)
-		w.queued = nil
+		w := r.queue.next()
 		r.dispatchLocked(w)
+		if w.qi >= 0 {
+			r.queue.remove(w)
+			held = append(held, w)
+		}
+	}
+	for _, w := range held {
+		r.queue.requeue(w)
 	}
 }
 
@@ -1061,10 +1066,7 @@ func (r *Relay) deliverBlockLocked(w *want, b blocks.Block, from peer.ID) {
 	}
 	delete(r.wants, w.c)
 	r.setExhaustedLocked(w, false)
-	if w.queued != nil {
-		r.queue.Remove(w.queued)
-		w.queued = nil
-	}
+	r.queue.remove(w)
 	if w.cancelFetch != nil {
 		w.cancelFetch()
 		w.cancelFetch = nil
