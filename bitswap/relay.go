@@ -265,7 +265,7 @@ type Counters struct {
 	Failovers       atomic.Uint64 // wants moved to another node
 	Unsolicited     atomic.Uint64 // blocks from downstream nobody wanted
 	DroppedMessages atomic.Uint64 // upstream messages over the size limit
-	DroppedWants    atomic.Uint64 // want entries over a peer's limit
+	DroppedWants    atomic.Uint64 // want entries over a peer's limit, or refused wants they evicted
 	Timeouts        atomic.Uint64 // wants moved off a silent node
 	MissFetches     atomic.Uint64 // nodes asked to fetch a block nobody had
 	MissFetched     atomic.Uint64 // ... that got it
@@ -558,6 +558,8 @@ func (r *Relay) addWanterLocked(p peer.ID, u *upstream, e bsmsg.Entry) {
 		// At the cap, a want every node refused makes room first, as
 		// boxo's server does in handleOverflow; with none, the new want
 		// is refused, and told so when it asked.
+		// Either way a want is dropped, and counted.
+		r.counters.DroppedWants.Add(1)
 		evicted := false
 		for c := range u.exhausted {
 			r.removeWanterLocked(p, u, c)
@@ -565,7 +567,6 @@ func (r *Relay) addWanterLocked(p peer.ID, u *upstream, e bsmsg.Entry) {
 			break
 		}
 		if !evicted {
-			r.counters.DroppedWants.Add(1)
 			if e.SendDontHave {
 				u.out.addPresence(r.ctx, e.Cid, pb.Message_DontHave)
 				r.counters.DontHavesOut.Add(1)
