@@ -41,6 +41,17 @@ func (s Status) String() string {
 // MarshalText makes a Status "ok", "warn" or "fail" in JSON.
 func (s Status) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
+// UnmarshalText reads what MarshalText writes, for tools reading --json.
+func (s *Status) UnmarshalText(b []byte) error {
+	for _, v := range []Status{OK, Warn, Fail} {
+		if string(b) == v.String() {
+			*s = v
+			return nil
+		}
+	}
+	return fmt.Errorf("doctor: unknown status %q", b)
+}
+
 // Result is one check of one node.
 type Result struct {
 	Node   string `json:"node"`

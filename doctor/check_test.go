@@ -221,4 +221,12 @@ func TestStatusJSON(t *testing.T) {
 			t.Errorf("%s lacks %s", b, s)
 		}
 	}
+	var back []Result
+	if err := json.Unmarshal(b, &back); err != nil || back[0].Status != Warn || back[1].Status != Fail || back[2].Status != OK {
+		t.Errorf("round trip: %+v, %v", back, err)
+	}
+	var r Result
+	if err := json.Unmarshal([]byte(`{"status":"bad"}`), &r); err == nil {
+		t.Error("an unknown status was accepted")
+	}
 }

@@ -216,6 +216,32 @@ func TestDoctorCommandLine(t *testing.T) {
 	}
 }
 
+// TestDoctorFleetFromFile reads the fleet from --downstream-file as run
+// does (comments, several entries, duplicates of -d) and reports a node
+// that does not answer in one row, exiting with a failure.
+func TestDoctorFleetFromFile(t *testing.T) {
+	down := "http://127.0.0.1:" + strconv.Itoa(freeTCPPort(t))
+	file := filepath.Join(t.TempDir(), "fleet")
+	if err := os.WriteFile(file, []byte("# the fleet\n"+down+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd := doctorCmd{Downstream: []string{down}, DownstreamFile: file, Key: filepath.Join(t.TempDir(), "k"), Timeout: 2 * time.Second, JSON: true, out: &out}
+	if err := cmd.Run(); !errors.Is(err, errChecksFailed) {
+		t.Fatalf("got %v, want errChecksFailed\n%s", err, out.String())
+	}
+	var doc struct {
+		OK      bool
+		Results []doctor.Result
+	}
+	if err := json.Unmarshal(out.Bytes(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc.OK || len(doc.Results) != 1 || doc.Results[0].Node != down || doc.Results[0].Check != "rpc" {
+		t.Fatalf("want one failed rpc row for %s, got %s", down, out.String())
+	}
+}
+
 // runDoctorCmd runs `kitsune doctor` twice, as a table and as JSON, and
 // returns the JSON's results, the table and the error.
 func runDoctorCmd(t *testing.T, keyFile string, urls ...string) ([]doctor.Result, string, error) {
