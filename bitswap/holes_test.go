@@ -163,28 +163,28 @@ func TestOneStallCountsOneFailure(t *testing.T) {
 }
 
 // Hole 7: a miss (every node said DONT_HAVE) makes a node search the
-// network within a per-peer allowance: a small one for want-have (every
-// Kubo client broadcasts want-have for whatever it looks for), a larger
-// one for want-block.
-func TestMissFetchesBoundedPerPeerMostlyForWantBlock(t *testing.T) {
+// network within a per-peer allowance: a small one for broadcasts (every
+// Kubo client broadcasts want-have, not asking for DONT_HAVE, for
+// whatever it looks for), a larger one for wants addressed to Kitsune.
+func TestMissFetchesBoundedPerPeerBroadcastsLeast(t *testing.T) {
 	e := newEnv(t, Config{FetchMisses: true, MissFetchBurst: 32, MissFetchRate: 1e-6, MissFetchesPerNode: 100})
 	e.addServerNode(0)
 	p := e.newRawPeer()
-	haves := missingCids(t, 20)
-	p.want(pb.Message_Wantlist_Have, true, haves...)
-	eventually(t, 5*time.Second, func() string { return "DONT_HAVE for every want-have: " + e.describe() }, func() bool {
-		return p.got.total() == len(haves)
+	p.want(pb.Message_Wantlist_Have, false, missingCids(t, 20)...) // a broadcast
+	eventually(t, 5*time.Second, func() string { return "every broadcast refused: " + e.describe() }, func() bool {
+		return e.stats().Refused == 20
 	})
 	if n := e.down.fetchCount(); n != 2 {
 		t.Fatalf("%d miss fetches for 20 want-have broadcasts; the allowance is 32/16 = 2", n)
 	}
-	blocksWanted := missingCids(t, 40)
-	p.wantBlock(blocksWanted...)
-	eventually(t, 5*time.Second, func() string { return "DONT_HAVE for every want-block: " + e.describe() }, func() bool {
-		return p.got.total() == len(haves)+len(blocksWanted)
+	addressed := missingCids(t, 40)
+	p.wantBlock(addressed[:20]...)
+	p.want(pb.Message_Wantlist_Have, true, addressed[20:]...)
+	eventually(t, 5*time.Second, func() string { return "DONT_HAVE for every addressed want: " + e.describe() }, func() bool {
+		return p.got.total() == len(addressed)
 	})
 	if n := e.down.fetchCount(); n != 2+32 {
-		t.Errorf("%d miss fetches for 40 want-blocks from one peer with a burst of 32 (and 2 before)", n)
+		t.Errorf("%d miss fetches for 40 addressed wants from one peer with a burst of 32 (and 2 before)", n)
 	}
 	// Another peer has its own allowance.
 	q := e.newRawPeer()

@@ -69,12 +69,14 @@ type Config struct {
 	// MissFetchesPerNode bounds the fetches in flight on one node.
 	MissFetchesPerNode int
 	// MissFetchRate and MissFetchBurst bound the miss fetches one upstream
-	// peer's want-blocks may cause (a token bucket: per second, and at
-	// once). Want-have gets a sixteenth of that: every Kubo client
-	// broadcasts want-have for whatever it looks for, and each would make
-	// the fleet search the network; but that broadcast is also how a Kubo
-	// client asks for a DAG's root, and only a HAVE for the root brings
-	// its want-blocks for the rest.
+	// peer's wants may cause (a token bucket: per second, and at once).
+	// Broadcasts get a sixteenth of that: every Kubo client broadcasts
+	// want-have (without asking for DONT_HAVE, boxo messagequeue.go) for
+	// whatever it looks for, and each would make the fleet search the
+	// network; but a broadcast is also how a Kubo client asks for a DAG's
+	// root, and only a HAVE for the root brings its wants for the rest,
+	// which are addressed to Kitsune (want-block, or want-have asking for
+	// DONT_HAVE).
 	MissFetchRate  float64
 	MissFetchBurst int
 	// CheckInterval is how often silent nodes are looked for.
@@ -98,8 +100,8 @@ const (
 	DefaultMaxHaveBlockSize   = 1024
 	DefaultMissFetchTimeout   = 30 * time.Second
 	DefaultMissFetchesPerNode = 16
-	DefaultMissFetchRate      = 8.0
-	DefaultMissFetchBurst     = 32
+	DefaultMissFetchRate      = 64.0
+	DefaultMissFetchBurst     = 128
 	DefaultPeerBufferBytes    = 16 << 20
 	DefaultExhaustedTTL       = 2 * time.Minute
 )
@@ -188,7 +190,7 @@ type upstream struct {
 	// reverse carries Kitsune's own wants to this peer (reverse sessions).
 	reverse *wantOutbox
 	// fetches and haveFetches are the peer's miss-fetch allowances, for
-	// want-block and want-have.
+	// wants addressed to Kitsune and for broadcasts.
 	fetches, haveFetches tokenBucket
 	// exhausted are those of wants every node refused: evicted first when
 	// the peer is at its cap, and not worth protecting the peer for.
@@ -366,6 +368,7 @@ func (r *Relay) Close(ctx context.Context) error {
 // Stats is a snapshot of the relay's tables, for tests and status.
 type Stats struct {
 	Wants       int
+	Refused     int // wants every node refused, kept for their wanters
 	Peers       int
 	Queued      int
 	Outstanding map[peer.ID]int
@@ -381,7 +384,7 @@ func (r *Relay) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s := Stats{
-		Wants: len(r.wants), Peers: len(r.peers), Queued: r.queue.Len(), Outstanding: make(map[peer.ID]int),
+		Wants: len(r.wants), Refused: r.expiring.Len(), Peers: len(r.peers), Queued: r.queue.Len(), Outstanding: make(map[peer.ID]int),
 		Sessions: len(r.sessions), Authorised: len(r.auth), ReverseWants: len(r.reverse),
 	}
 	for id, n := range r.nodes {
@@ -822,27 +825,37 @@ func (r *Relay) missLocked(w *want) {
 }
 
 // chargeFetchLocked takes a miss fetch from the allowance of a peer that
-// wants w, and reports whether one had any left: a want-block peer's
-// first, the much smaller want-have allowance only when nobody wants the
-// block itself.
+// wants w, and reports whether one had any left: the allowance of wants
+// addressed to Kitsune first, the much smaller one of broadcasts only
+// when no peer addressed it.
 func (r *Relay) chargeFetchLocked(w *want) bool {
 	now := time.Now()
-	block := w.needsBlock()
+	addressed := false
+	for _, wr := range w.wanters {
+		addressed = addressed || wr.addressed()
+	}
 	for p, wr := range w.wanters {
 		u := r.peers[p]
 		switch {
 		case u == nil:
-		case wr.wantType == pb.Message_Wantlist_Block:
+		case wr.addressed():
 			if u.fetches.take(now) {
 				return true
 			}
-		case !block:
+		case !addressed:
 			if u.haveFetches.take(now) {
 				return true
 			}
 		}
 	}
 	return false
+}
+
+// addressed tells a want meant for Kitsune from a broadcast: boxo sends
+// its broadcast want-haves without asking for DONT_HAVE, and the wants it
+// addresses to a peer of its session with.
+func (wr wanter) addressed() bool {
+	return wr.wantType == pb.Message_Wantlist_Block || wr.sendDontHave
 }
 
 // exhaustLocked tells the wanters that asked for it that nobody has w.
