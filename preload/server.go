@@ -2,6 +2,7 @@ package preload
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -46,10 +47,11 @@ func (t Timeouts) orDefaults() Timeouts {
 	return t
 }
 
-// Server serves a Handler on one TCP listener.
+// Server serves a Handler on one TCP listener, over HTTP or HTTPS.
 type Server struct {
 	srv  *http.Server
 	ln   net.Listener
+	tls  bool
 	stop context.CancelCauseFunc
 	done chan struct{}
 }
@@ -62,6 +64,16 @@ func Listen(addr string, h http.Handler, log *zap.Logger) (*Server, error) {
 
 // ListenTimeouts is Listen with other timeouts against slow clients.
 func ListenTimeouts(addr string, h http.Handler, log *zap.Logger, t Timeouts) (*Server, error) {
+	return ListenTLS(addr, h, log, t, nil)
+}
+
+// ListenTLS is ListenTimeouts serving HTTPS with tlsConf (HTTP/1.1 and
+// HTTP/2), or HTTP when tlsConf is nil. js-ipfs's own preload addresses
+// are HTTPS (/dns4/node0.preload.ipfs.io/https), so an operator taking
+// one over needs no TLS terminator in front. tlsConf should pick its
+// certificate per handshake (GetCertificate), as proxy.LoadTLS's does, so
+// a renewed certificate is served without a restart.
+func ListenTLS(addr string, h http.Handler, log *zap.Logger, t Timeouts, tlsConf *tls.Config) (*Server, error) {
 	t = t.orDefaults()
 	if log == nil {
 		log = zap.NewNop()
@@ -82,12 +94,21 @@ func ListenTimeouts(addr string, h http.Handler, log *zap.Logger, t Timeouts) (*
 			ErrorLog:          zap.NewStdLog(log.WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
 		},
 		ln:   ln,
+		tls:  tlsConf != nil,
 		stop: stop,
 		done: make(chan struct{}),
 	}
 	go func() {
 		defer close(s.done)
-		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if tlsConf != nil {
+			// ServeTLS clones the config and adds HTTP/2 to it.
+			s.srv.TLSConfig = tlsConf
+			err = s.srv.ServeTLS(ln, "", "")
+		} else {
+			err = s.srv.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("preload server stopped", zap.Error(err))
 		}
 	}()
@@ -97,11 +118,14 @@ func ListenTimeouts(addr string, h http.Handler, log *zap.Logger, t Timeouts) (*
 // Addr is the address listened on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// URL is the server's base URL, e.g. http://127.0.0.1:5002; "" for a nil
-// Server.
+// URL is the server's base URL, e.g. http://127.0.0.1:5002 or
+// https://127.0.0.1:443; "" for a nil Server.
 func (s *Server) URL() string {
 	if s == nil {
 		return ""
+	}
+	if s.tls {
+		return "https://" + s.ln.Addr().String()
 	}
 	return "http://" + s.ln.Addr().String()
 }

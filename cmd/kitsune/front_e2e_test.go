@@ -578,7 +578,7 @@ func TestFrontFlagErrors(t *testing.T) {
 		{"unreadable psk", func(c *runCmd) { c.PSKFile = filepath.Join(dir, "nope") }, "--psk-file: swarm key " + filepath.Join(dir, "nope")},
 		{"not a psk", func(c *runCmd) { c.DownstreamPSKFile = certFile }, "--downstream-psk-file: swarm key"},
 		{"wss without cert", func(c *runCmd) { c.WS = []string{"/ip4/127.0.0.1/tcp/0/wss"} }, "give --tls-cert and --tls-key"},
-		{"cert without wss", func(c *runCmd) { c.TLSCert, c.TLSKey = certFile, keyFile }, "no listen address uses it"},
+		{"cert without wss", func(c *runCmd) { c.TLSCert, c.TLSKey = certFile, keyFile }, "but nothing uses it"},
 		{"cert without key", func(c *runCmd) { c.TLSCert = certFile }, "--tls-cert needs --tls-key"},
 		{"mismatched cert and key", func(c *runCmd) {
 			c.TLSCert, c.TLSKey = certFile, certFile

@@ -24,7 +24,7 @@ type frontFlags struct {
 	WebTransport []string `name:"webtransport" env:"KITSUNE_WEBTRANSPORT" sep:"," placeholder:"MULTIADDR" help:"Comma-separated WebTransport listen multiaddrs (/ip4/0.0.0.0/udp/4001/quic-v1/webtransport; /quic-v1/webtransport is added to a bare /udp/PORT). Browsers dial them without a CA-signed certificate. Off by default; may share its UDP port with a QUIC listener."`
 	WebRTCDirect []string `name:"webrtc-direct" env:"KITSUNE_WEBRTC_DIRECT" sep:"," placeholder:"MULTIADDR" help:"Comma-separated WebRTC-direct listen multiaddrs (/ip4/0.0.0.0/udp/4002/webrtc-direct; /webrtc-direct is added to a bare /udp/PORT). Browsers dial them without a CA-signed certificate; the certificate comes from the key file, so the address stays the same across restarts. Off by default."`
 	Mplex        bool     `name:"mplex" env:"KITSUNE_MPLEX" default:"true" negatable:"" help:"Offer the mplex muxer after yamux: deployed js-ipfs (ipfs-core 0.18 and older) speaks nothing else. Peers that know yamux keep choosing it. --no-mplex when no such clients are left."`
-	TLSCert      string   `name:"tls-cert" env:"KITSUNE_TLS_CERT" type:"path" placeholder:"FILE" help:"PEM certificate chain for secure WebSocket listeners (/tls/ws or /wss in -w or -l). Re-read when the file changes."`
+	TLSCert      string   `name:"tls-cert" env:"KITSUNE_TLS_CERT" type:"path" placeholder:"FILE" help:"PEM certificate chain for secure WebSocket listeners (/tls/ws or /wss in -w or -l) and an HTTPS preload port (-p …/https). Re-read when the file changes."`
 	TLSKey       string   `name:"tls-key" env:"KITSUNE_TLS_KEY" type:"path" placeholder:"FILE" help:"PEM private key of --tls-cert."`
 
 	Announce       []string `name:"announce" env:"KITSUNE_ANNOUNCE" sep:"," placeholder:"MULTIADDR" help:"Comma-separated addresses to announce instead of the listen addresses, in identify and at start: a public DNS name or a TLS terminator in front (/dns4/preload.example.org/tcp/443/wss). A /webtransport or /webrtc-direct address gets Kitsune's /certhash."`
@@ -58,7 +58,7 @@ type frontSettings struct {
 // listeners to listen, and checks every listen address against what the
 // front host can run: a PSK rules out the UDP transports, wss needs a
 // certificate. Every error is one the operator fixes on the command line.
-func (f *frontFlags) config(listen *[]ma.Multiaddr) (frontSettings, error) {
+func (f *frontFlags) config(listen *[]ma.Multiaddr, preloadHTTPS bool) (frontSettings, error) {
 	var s frontSettings
 	for _, l := range []struct {
 		flag, want string
@@ -120,8 +120,8 @@ func (f *frontFlags) config(listen *[]ma.Multiaddr) (frontSettings, error) {
 			}
 		}
 	}
-	if s.Front.TLS != nil && !wss {
-		return s, errors.New("--tls-cert is set but no listen address uses it: add one to -w, e.g. -w /ip4/0.0.0.0/tcp/443/tls/ws")
+	if s.Front.TLS != nil && !wss && !preloadHTTPS {
+		return s, errors.New("--tls-cert is set but nothing uses it: add a secure WebSocket listener (-w /ip4/0.0.0.0/tcp/443/tls/ws) or an HTTPS preload port (-p /ip4/0.0.0.0/tcp/443/https)")
 	}
 	if err := proxy.CheckListenAddrs(*listen, s.Front.PSK != nil, s.Front.TLS != nil); err != nil {
 		return s, err // the checks above say it better; this keeps both in step

@@ -57,9 +57,10 @@ type jsIPFS struct {
 }
 
 // startJSIPFS runs testdata/jsipfs/run.mjs on the Node 22 the Helia tests
-// install, with args as its JSON argument. It fails the test, with the
-// command to fix it, when the npm packages are missing.
-func startJSIPFS(t *testing.T, args map[string]any) *jsIPFS {
+// install, with args as its JSON argument and env added to its
+// environment. It fails the test, with the command to fix it, when the npm
+// packages are missing.
+func startJSIPFS(t *testing.T, args map[string]any, env ...string) *jsIPFS {
 	t.Helper()
 	node := heliatest.Node(t)
 	dir := filepath.Join(heliatest.Root(t), "testdata", "jsipfs")
@@ -73,6 +74,7 @@ func startJSIPFS(t *testing.T, args map[string]any) *jsIPFS {
 	}
 	cmd := exec.Command(node, filepath.Join(dir, "run.mjs"), string(raw))
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
 	js := &jsIPFS{cmd: cmd, events: make(chan jsIPFSEvent, 16), stderr: &bytes.Buffer{}}
 	cmd.Stderr = js.stderr
 	if js.stdin, err = cmd.StdinPipe(); err != nil {
@@ -143,9 +145,10 @@ func lastChars(s string, n int) string {
 // The last js-ipfs release, as deployed apps ship it (its own muxer list,
 // which is mplex only; only Bootstrap and preload pointed at Kitsune),
 // connects over /ws and then /tcp, fetches a file the fleet holds, adds a
-// file and a directory, and its own preload calls make the fleet pull
-// every block from it through Kitsune. Once js-ipfs is stopped, a Kubo
-// client fetches both through Kitsune.
+// file and a directory, and its own preload calls (HTTPS, as js-ipfs's
+// default preload addresses are, served by Kitsune from --tls-cert) make
+// the fleet pull every block from it through Kitsune. Once js-ipfs is
+// stopped, a Kubo client fetches both through Kitsune.
 func TestStockJSIPFS(t *testing.T) {
 	a, b := kubotest.Start(t, kubotest.Options{}), kubotest.Start(t, kubotest.Options{})
 	client := kubotest.Start(t, kubotest.Options{})
@@ -153,8 +156,12 @@ func TestStockJSIPFS(t *testing.T) {
 	shared := randomBytes(t, 6<<20)
 	sharedCID := addEverywhere(t, ctx, shared, a, b)
 	sharedSum := sha256.Sum256(shared)
+	tlsDir := t.TempDir()
+	certFile, keyFile := filepath.Join(tlsDir, "cert.pem"), filepath.Join(tlsDir, "key.pem")
+	writeCert(t, certFile, keyFile, 1)
 	k := startKitsune(t, []*kubotest.Node{a, b}, func(c *runCmd) {
-		c.Preload = "127.0.0.1:0"
+		c.Preload = "/ip4/127.0.0.1/tcp/0/https"
+		c.TLSCert, c.TLSKey = certFile, keyFile
 		c.PreloadGrace = 2 * time.Second
 		c.PreloadTimeout = 2 * time.Minute
 	})
@@ -162,7 +169,10 @@ func TestStockJSIPFS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	preloadAddr := fmt.Sprintf("/ip4/%s/tcp/%s/http", pre.Hostname(), pre.Port())
+	if pre.Scheme != "https" {
+		t.Fatalf("preload URL %s is not HTTPS", pre)
+	}
+	preloadAddr := fmt.Sprintf("/ip4/%s/tcp/%s/https", pre.Hostname(), pre.Port())
 
 	type added struct {
 		file     []byte
@@ -191,7 +201,7 @@ func TestStockJSIPFS(t *testing.T) {
 				"cat":       sharedCID.String(),
 				"file":      filePath,
 				"dir":       dir,
-			})
+			}, "NODE_EXTRA_CA_CERTS="+certFile) // the operator's certificate, trusted as a CA-signed one would be
 
 			// Connected to Kitsune over this transport, on mplex (its only
 			// muxer), and to no one else.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -22,7 +23,7 @@ import (
 // preloadFlags configure the preload port: the js-ipfs preload call
 // (POST /api/v0/refs) served over HTTP.
 type preloadFlags struct {
-	Preload               string        `short:"p" name:"preload" env:"KITSUNE_PRELOAD" placeholder:"[HOST:]PORT" help:"Serve the js-ipfs preload API (POST /api/v0/refs, nothing else) on this port, or host:port, or TCP multiaddr. A bare port listens on all interfaces; empty or 0 (the default) turns it off."`
+	Preload               string        `short:"p" name:"preload" env:"KITSUNE_PRELOAD" placeholder:"[HOST:]PORT" help:"Serve the js-ipfs preload API (POST /api/v0/refs, nothing else) on this port, or host:port, or TCP multiaddr. A bare port listens on all interfaces; empty or 0 (the default) turns it off. A multiaddr ending /https (or /tls/http) serves HTTPS with --tls-cert, as js-ipfs's own preload addresses expect (/ip4/0.0.0.0/tcp/443/https)."`
 	PreloadMaxPerIP       int           `name:"preload-max-per-ip" env:"KITSUNE_PRELOAD_MAX_PER_IP" default:"4" help:"Concurrent preload calls per client IP (per /64 for IPv6); more get 429."`
 	PreloadTimeout        time.Duration `name:"preload-timeout" env:"KITSUNE_PRELOAD_TIMEOUT" default:"5m" help:"Longest preload call; it then ends with an X-Stream-Error (504 if the node sent nothing yet)."`
 	PreloadGrace          time.Duration `name:"preload-grace" env:"KITSUNE_PRELOAD_GRACE" default:"10s" help:"How long a preload call's reverse session (the fleet fetching the DAG from the caller) stays open after the call ends."`
@@ -31,7 +32,11 @@ type preloadFlags struct {
 
 // preloadConfig is the validated form; Addr is empty when preload is off.
 type preloadConfig struct {
-	Addr           string
+	Addr string
+	// HTTPS is set by a /https or /tls/http -p address; TLS is then the
+	// front host's --tls-cert configuration (set in runCmd.config).
+	HTTPS          bool
+	TLS            *tls.Config
 	MaxPerIP       int
 	Timeout        time.Duration
 	Grace          time.Duration
@@ -42,11 +47,15 @@ type preloadConfig struct {
 }
 
 func (f *preloadFlags) config() (preloadConfig, error) {
-	addr, err := preloadAddr(f.Preload)
+	raw, https, err := cutHTTPS(f.Preload)
 	if err != nil {
 		return preloadConfig{}, fmt.Errorf("-p/--preload %q: %w", f.Preload, err)
 	}
-	pc := preloadConfig{Addr: addr, MaxPerIP: f.PreloadMaxPerIP, Timeout: f.PreloadTimeout, Grace: f.PreloadGrace}
+	addr, err := preloadAddr(raw)
+	if err != nil {
+		return preloadConfig{}, fmt.Errorf("-p/--preload %q: %w", f.Preload, err)
+	}
+	pc := preloadConfig{Addr: addr, HTTPS: https && addr != "", MaxPerIP: f.PreloadMaxPerIP, Timeout: f.PreloadTimeout, Grace: f.PreloadGrace}
 	if f.PreloadGrace < 0 {
 		return preloadConfig{}, fmt.Errorf("--preload-grace must not be negative, got %v", f.PreloadGrace)
 	}
@@ -72,6 +81,30 @@ func (f *preloadFlags) config() (preloadConfig, error) {
 		pc.TrustedProxies = append(pc.TrustedProxies, p.Masked())
 	}
 	return pc, nil
+}
+
+// cutHTTPS strips the scheme from a -p multiaddr: /https or /tls/http
+// (HTTPS) or /http (plain), the way js-ipfs writes preload addresses.
+// Anything else is returned as it is, for preloadAddr.
+func cutHTTPS(s string) (rest string, https bool, err error) {
+	s = strings.TrimSpace(s)
+	if !strings.HasPrefix(s, "/") {
+		return s, false, nil
+	}
+	m, err := ma.NewMultiaddr(s)
+	if err != nil {
+		return "", false, err
+	}
+	n := len(m)
+	switch {
+	case n >= 1 && m[n-1].Code() == ma.P_HTTPS:
+		return m[:n-1].String(), true, nil
+	case n >= 2 && m[n-1].Code() == ma.P_HTTP && m[n-2].Code() == ma.P_TLS:
+		return m[:n-2].String(), true, nil
+	case n >= 1 && m[n-1].Code() == ma.P_HTTP:
+		return m[:n-1].String(), false, nil
+	}
+	return s, false, nil
 }
 
 // preloadAddr turns the -p value into a listen address. The original
@@ -128,7 +161,7 @@ func startPreload(cfg preloadConfig, pool *downstream.Pool, sessions preload.Ses
 	if err != nil {
 		return nil, err
 	}
-	s, err := preload.Listen(cfg.Addr, h, log)
+	s, err := preload.ListenTLS(cfg.Addr, h, log, preload.Timeouts{}, cfg.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("preload port: %w", err)
 	}

@@ -84,8 +84,14 @@ func (c *runCmd) config() (config, error) {
 			cfg.Listen = append(cfg.Listen, a)
 		}
 	}
-	if cfg.Front, err = c.frontFlags.config(&cfg.Listen); err != nil {
+	if cfg.Front, err = c.frontFlags.config(&cfg.Listen, cfg.Preload.HTTPS); err != nil {
 		return config{}, err
+	}
+	if cfg.Preload.HTTPS {
+		if cfg.Front.Front.TLS == nil {
+			return config{}, fmt.Errorf("-p/--preload %q serves HTTPS: give --tls-cert and --tls-key", c.Preload)
+		}
+		cfg.Preload.TLS = cfg.Front.Front.TLS
 	}
 	if cfg.Admin, err = c.adminFlags.config(); err != nil {
 		return config{}, err
