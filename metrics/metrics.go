@@ -50,6 +50,8 @@ type Sources struct {
 	MaxConns int
 	// Preload is whether the preload port is on.
 	Preload bool
+	// Geo, when not nil, counts upstream peers by country.
+	Geo *GeoSource
 }
 
 // Options tune the status document. Zero values get the defaults noted.
@@ -151,7 +153,7 @@ func New(reg prometheus.Registerer, opts Options) (*Metrics, error) {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		buildInfo,
 		m.wantLatency, m.preloadCalls, m.preloadTime, m.preloadActive,
-		pullCollector{m},
+		pullCollector{m}, geoCollector{m},
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

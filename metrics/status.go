@@ -27,6 +27,8 @@ type Status struct {
 	Relay      RelayInfo      `json:"relay"`
 	Throughput ThroughputInfo `json:"throughput"`
 	Preload    PreloadInfo    `json:"preload"`
+	// Geo is where upstream peers connect from; only with --geoip-db.
+	Geo *GeoStatus `json:"geo,omitempty"`
 }
 
 // NodeInfo is one downstream Kubo node.
@@ -282,6 +284,9 @@ func (m *Metrics) Status() Status {
 		s.PeerID = src.Front.ID().String()
 		s.Upstream.Peers = upstreamPeers(src.Front.Network())
 		s.Upstream.ByTransport = upstreamByTransport(src.Front.Network())
+	}
+	if src.Geo != nil {
+		s.Geo = src.Geo.status(now)
 	}
 	st := src.Relay.Stats()
 	c := src.Relay.Counters()

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
@@ -57,6 +58,9 @@ type FrontConfig struct {
 	// offers it after yamux: deployed js-ipfs speaks nothing else, and
 	// peers that know yamux keep choosing it.
 	NoMplex bool
+	// Bandwidth, when not nil, is told every stream's bytes (libp2p's
+	// per-peer and per-protocol counters), e.g. for bytes per country.
+	Bandwidth metrics.Reporter
 }
 
 // RelayConfig bounds the circuit relay v2 service. Zero fields take
@@ -162,6 +166,9 @@ func NewFront(cfg FrontConfig) (host.Host, error) {
 			}
 			return append(addrs, extra...)
 		}))
+	}
+	if cfg.Bandwidth != nil {
+		opts = append(opts, libp2p.BandwidthReporter(cfg.Bandwidth))
 	}
 	if cfg.Relay != nil {
 		// go-libp2p starts the relay service only once AutoNAT finds the

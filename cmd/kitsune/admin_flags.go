@@ -75,7 +75,7 @@ func (a *admin) start(k *kitsune, out io.Writer) error {
 	if a == nil {
 		return nil
 	}
-	a.metrics.Attach(metrics.Sources{Relay: k.relay, Pool: k.pool, Front: k.front, MaxConns: a.maxConns, Preload: k.preload != nil})
+	a.metrics.Attach(metrics.Sources{Relay: k.relay, Pool: k.pool, Front: k.front, MaxConns: a.maxConns, Preload: k.preload != nil, Geo: k.geo.source()})
 	srv, err := metrics.Listen(a.cfg.Addr, a.metrics, a.reg, a.log)
 	if err != nil {
 		return fmt.Errorf("admin port: %w", err)

@@ -44,6 +44,7 @@ type runCmd struct {
 	preloadFlags `embed:"" group:"preload"`
 	adminFlags   `embed:"" group:"admin"`
 	mdnsFlags    `embed:"" group:"front"`
+	geoipFlags   `embed:"" group:"admin"`
 
 	LogLevel string `group:"admin" env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kitsune-lb/kitsune/bitswap"
 	"github.com/kitsune-lb/kitsune/downstream"
+	"github.com/kitsune-lb/kitsune/geoip"
 	"github.com/kitsune-lb/kitsune/preload"
 	"github.com/kitsune-lb/kitsune/proxy"
 )
@@ -35,6 +36,7 @@ type config struct {
 	Front      frontSettings
 	Admin      adminConfig
 	MDNS       bool
+	GeoIP      *geoip.DB
 }
 
 func (c *runCmd) config() (config, error) {
@@ -96,6 +98,9 @@ func (c *runCmd) config() (config, error) {
 	if cfg.Admin, err = c.adminFlags.config(); err != nil {
 		return config{}, err
 	}
+	if cfg.GeoIP, err = c.geoipFlags.config(); err != nil {
+		return config{}, err
+	}
 	if len(cfg.Listen) == 0 {
 		return config{}, errors.New("no listen address: give -l or -w")
 	}
@@ -140,6 +145,7 @@ type kitsune struct {
 	done        chan struct{}
 	preload     *preload.Server
 	admin       *admin
+	geo         *geo // nil without --geoip-db
 	// reload re-reads the --downstream-file (on SIGHUP).
 	reload func() error
 }
@@ -158,7 +164,10 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	if err != nil {
 		return nil, err
 	}
-	front, err := proxy.NewFront(cfg.Front.frontConfig(frontKey, cfg.Listen))
+	geo := newGeo(cfg.GeoIP)
+	fc := cfg.Front.frontConfig(frontKey, cfg.Listen)
+	fc.Bandwidth = geo.reporter()
+	front, err := proxy.NewFront(fc)
 	if err != nil {
 		return nil, err
 	}
@@ -198,13 +207,20 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 
 	runCtx, cancel := context.WithCancel(ctx)
 	relay.Start(runCtx)
-	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, done: make(chan struct{})}
+	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, geo: geo, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		pool.Run(runCtx)
 	}()
+	if geo != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			geo.run(runCtx, front, log.Named("geoip"))
+		}()
+	}
 	if cfg.Pool.DNS != nil {
 		wg.Add(1)
 		go func() {

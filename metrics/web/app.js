@@ -150,8 +150,94 @@ function render(s) {
     cell(tr, millis(c.duration_ms), "num");
   });
 
+  renderGeo(s.geo);
   $("updated").textContent = new Date(s.time).toLocaleTimeString();
   draw();
+}
+
+// The world map (world.json: Natural Earth shapes keyed by ISO code,
+// made by scripts/worldmap) is fetched once, when the status first has
+// a "geo" part.
+let world = null, worldLoading = false;
+const countryNames = {};
+
+async function loadWorld() {
+  worldLoading = true;
+  try {
+    const resp = await fetch("world.json");
+    if (!resp.ok) throw new Error("world.json answered " + resp.status);
+    const w = await resp.json();
+    const svg = $("world");
+    svg.setAttribute("viewBox", w.viewBox);
+    const ns = svg.namespaceURI; // SVG's, from the element in the page
+    for (const c of w.countries) {
+      const p = document.createElementNS(ns, "path");
+      p.setAttribute("d", c.d);
+      p.dataset.code = c.code;
+      const t = document.createElementNS(ns, "title");
+      t.textContent = c.name;
+      p.appendChild(t);
+      svg.appendChild(p);
+      countryNames[c.code] = c.name;
+    }
+    world = w;
+    if (last) renderGeo(last.geo);
+  } catch (e) {
+    const el = $("geo-error");
+    el.textContent = "Cannot draw the map: " + e.message;
+    el.hidden = false;
+  }
+}
+
+// shade maps a share in [0, 1] onto the legend's ramp (light orange to
+// dark), by a log scale so one busy country does not wash out the rest.
+function shade(share) {
+  const stops = [[253, 227, 211], [232, 89, 12], [122, 42, 5]];
+  const x = Math.min(1, Math.max(0, share)) * (stops.length - 1);
+  const i = Math.min(stops.length - 2, Math.floor(x)), f = x - i;
+  const c = stops[i].map((v, k) => Math.round(v + (stops[i + 1][k] - v) * f));
+  return "rgb(" + c.join(",") + ")";
+}
+
+function renderGeo(g) {
+  const panel = $("geo");
+  panel.hidden = !g;
+  if (!g) return;
+  if (!world && !worldLoading) loadWorld();
+  const db = g.database;
+  $("geo-db").textContent = (db.database_type || "database") + ", built " + new Date(db.build_time).toISOString().slice(0, 10) +
+    (db.last_error ? " · newest file refused: " + db.last_error : "");
+  $("geo-note").textContent = g.note;
+
+  const byCode = {};
+  for (const c of g.countries) byCode[c.code] = c;
+  const max = g.countries.reduce((m, c) => Math.max(m, c.peers), 0);
+  if (world) {
+    for (const p of $("world").children) {
+      const code = p.dataset && p.dataset.code;
+      if (!code) continue;
+      const c = byCode[code];
+      p.dataset.peers = String(c ? c.peers : 0);
+      let fill = "#d5dae2";
+      if (c && c.peers > 0) fill = shade(Math.log(c.peers + 1) / Math.log(max + 1));
+      else if (c && c.connections_last_hour > 0) fill = "#f3e6dd"; // seen lately, nobody now
+      p.setAttribute("fill", fill);
+      p.classList.toggle("seen", !!c);
+      p.firstChild.textContent = (countryNames[code] || code) + (c ? ": " + count(c.peers) + " peers now, " + count(c.connections_last_hour) + " connections in the last hour" : "");
+    }
+  }
+  fillTable("countries", g.countries, "No upstream peers yet", (tr, c) => {
+    tr.dataset.country = c.code;
+    const name = cell(tr, "");
+    const code = document.createElement("span");
+    code.className = "code";
+    code.textContent = c.code === "unknown" ? "–" : c.code;
+    name.appendChild(code);
+    name.appendChild(document.createTextNode(c.code === "unknown" ? "unknown" : (countryNames[c.code] || c.code)));
+    cell(tr, count(c.peers), "num peers");
+    cell(tr, count(c.connections_last_hour), "num");
+    cell(tr, bytes(c.bytes_sent), "num");
+  });
 }
 
 // axis picks a unit (B, KiB, MiB, GiB per second) and a round step in it
