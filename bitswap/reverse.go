@@ -203,10 +203,7 @@ func peerAt(n network.Network, p peer.ID, addr netip.Addr) bool {
 // upstreamWantsLocked is the outbox for wants Kitsune itself sends to an
 // upstream peer.
 func (r *Relay) upstreamWantsLocked(p peer.ID) *wantOutbox {
-	u := r.peers[p]
-	if u == nil {
-		u = r.newUpstreamLocked(p)
-	}
+	u := r.outLocked(p)
 	if u.reverse == nil {
 		u.reverse = newWantOutbox(p, r.front, r.log)
 	}
@@ -217,7 +214,7 @@ func (r *Relay) upstreamWantsLocked(p peer.ID) *wantOutbox {
 func (r *Relay) reverseMissLocked(rw *rwant) {
 	for n, wr := range rw.nodes {
 		if wr.sendDontHave {
-			r.nodeLocked(n).out.dontHave(r.ctx, []cid.Cid{rw.c})
+			r.nodeOutLocked(n).dontHave(r.ctx, []cid.Cid{rw.c})
 		}
 	}
 }
@@ -225,7 +222,7 @@ func (r *Relay) reverseMissLocked(rw *rwant) {
 // dropReverseLocked cancels rw at every upstream peer it was sent to.
 func (r *Relay) dropReverseLocked(rw *rwant) {
 	for p := range rw.asked {
-		if u := r.peers[p]; u != nil && u.reverse != nil {
+		if u := r.outs[p]; u != nil && u.reverse != nil {
 			u.reverse.cancel(r.ctx, rw.c)
 		}
 	}
@@ -308,7 +305,7 @@ func (r *Relay) reverseRetryLocked(rw *rwant, p peer.ID) {
 // from its bytes when the message was parsed, so it is the block wanted.
 func (r *Relay) reverseBlockLocked(rw *rwant, b blocks.Block, links []cid.Cid) {
 	for n := range rw.nodes {
-		r.nodeLocked(n).out.block(r.ctx, b)
+		r.nodeOutLocked(n).block(r.ctx, b)
 		r.counters.ReverseBlocks.Add(1)
 		r.counters.ReverseBytes.Add(uint64(len(b.RawData())))
 		if s := r.sessionForLocked(n, rw.c); s != nil {
@@ -319,7 +316,7 @@ func (r *Relay) reverseBlockLocked(rw *rwant, b blocks.Block, links []cid.Cid) {
 	}
 	for p, block := range rw.asked {
 		// Cancel where it was asked and not just answered with it.
-		if u := r.peers[p]; u != nil && u.reverse != nil && (!block || len(rw.asked) > 1) {
+		if u := r.outs[p]; u != nil && u.reverse != nil && (!block || len(rw.asked) > 1) {
 			u.reverse.cancel(r.ctx, rw.c)
 		}
 	}

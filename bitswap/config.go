@@ -1,0 +1,90 @@
+package bitswap
+
+import "time"
+
+// Config holds the relay's limits.
+type Config struct {
+	// MaxWantsPerPeer caps one upstream peer's wantlist; entries past it are
+	// ignored. Kubo's server allows 1024 per peer.
+	MaxWantsPerPeer int
+	// MaxInFlightPerNode caps the wants outstanding on one downstream node.
+	// Kubo queues at most 1024 wants per peer and Kitsune is one peer to it,
+	// so the default stays below that; excess wants wait in Kitsune.
+	MaxInFlightPerNode int
+	// MaxMessageSize drops upstream messages larger than this. The stream
+	// reader already refuses anything over 4 MiB.
+	MaxMessageSize int
+	// MaxHaveBlockSize is the largest block sent in reply to a want-have,
+	// instead of a HAVE; Kubo uses 1024 bytes.
+	MaxHaveBlockSize int
+	// FetchMisses makes a node fetch a block from the wider network when
+	// every node said DONT_HAVE, before the client is told so.
+	FetchMisses bool
+	// MissFetchTimeout bounds one such fetch.
+	MissFetchTimeout time.Duration
+	// MissFetchesPerNode bounds the fetches in flight on one node.
+	MissFetchesPerNode int
+	// MissFetchRate and MissFetchBurst bound the miss fetches one upstream
+	// peer's wants may cause (a token bucket: per second, and at once).
+	// Broadcasts get a sixteenth of that: every Kubo client broadcasts
+	// want-have (without asking for DONT_HAVE, boxo messagequeue.go) for
+	// whatever it looks for, and each would make the fleet search the
+	// network; but a broadcast is also how a Kubo client asks for a DAG's
+	// root, and only a HAVE for the root brings its wants for the rest,
+	// which are addressed to Kitsune (want-block, or want-have asking for
+	// DONT_HAVE).
+	MissFetchRate  float64
+	MissFetchBurst int
+	// CheckInterval is how often silent nodes are looked for.
+	CheckInterval time.Duration
+	// PeerBufferBytes caps the block bytes queued for one upstream peer.
+	// A peer reading slower than the fleet delivers gets further blocks
+	// later (their wants are deferred and sent again once it caught up),
+	// so memory stays bounded whatever the peer does.
+	PeerBufferBytes int
+	// ExhaustedTTL is how long a want every node refused is kept for its
+	// wanters (a block added to the fleet meanwhile still reaches them);
+	// then it is dropped, as if cancelled.
+	ExhaustedTTL time.Duration
+}
+
+// Defaults for Config.
+const (
+	DefaultMaxWantsPerPeer    = 1024
+	DefaultMaxInFlightPerNode = 960
+	DefaultMaxMessageSize     = 4 << 20
+	DefaultMaxHaveBlockSize   = 1024
+	DefaultMissFetchTimeout   = 30 * time.Second
+	DefaultMissFetchesPerNode = 16
+	DefaultMissFetchRate      = 64.0
+	DefaultMissFetchBurst     = 128
+	DefaultPeerBufferBytes    = 16 << 20
+	DefaultExhaustedTTL       = 2 * time.Minute
+)
+
+func (c *Config) fill() {
+	orDefault(&c.MaxWantsPerPeer, DefaultMaxWantsPerPeer)
+	orDefault(&c.MaxInFlightPerNode, DefaultMaxInFlightPerNode)
+	orDefault(&c.MaxMessageSize, DefaultMaxMessageSize)
+	orDefault(&c.MissFetchTimeout, DefaultMissFetchTimeout)
+	orDefault(&c.MissFetchesPerNode, DefaultMissFetchesPerNode)
+	orDefault(&c.MissFetchBurst, DefaultMissFetchBurst)
+	if c.MissFetchRate <= 0 {
+		c.MissFetchRate = DefaultMissFetchRate
+	}
+	orDefault(&c.PeerBufferBytes, DefaultPeerBufferBytes)
+	orDefault(&c.CheckInterval, 100*time.Millisecond)
+	orDefault(&c.ExhaustedTTL, DefaultExhaustedTTL)
+	if c.MaxHaveBlockSize < 0 {
+		c.MaxHaveBlockSize = 0
+	} else if c.MaxHaveBlockSize == 0 {
+		c.MaxHaveBlockSize = DefaultMaxHaveBlockSize
+	}
+}
+
+// orDefault replaces a zero or negative setting with its default.
+func orDefault[T int | time.Duration](v *T, def T) {
+	if *v <= 0 {
+		*v = def
+	}
+}

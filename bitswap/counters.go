@@ -1,0 +1,49 @@
+package bitswap
+
+import (
+	"sync/atomic"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Counters are cumulative totals, read with Counters().
+type Counters struct {
+	WantsReceived   atomic.Uint64 // want entries from upstream
+	WantsForwarded  atomic.Uint64 // want entries sent downstream
+	BlocksIn        atomic.Uint64 // blocks received from downstream
+	BytesIn         atomic.Uint64 // block bytes received from downstream
+	BlocksOut       atomic.Uint64 // blocks sent upstream
+	BytesOut        atomic.Uint64 // block bytes sent upstream
+	HavesOut        atomic.Uint64
+	DontHavesOut    atomic.Uint64
+	Failovers       atomic.Uint64 // wants moved to another node
+	Unsolicited     atomic.Uint64 // blocks from downstream nobody wanted
+	DroppedMessages atomic.Uint64 // upstream messages over the size limit
+	DroppedWants    atomic.Uint64 // want entries over a peer's limit, or refused wants they evicted
+	Timeouts        atomic.Uint64 // wants moved off a silent node
+	MissFetches     atomic.Uint64 // nodes asked to fetch a block nobody had
+	MissFetched     atomic.Uint64 // ... that got it
+	// Reverse sessions (preload): the fleet fetching from upstream peers.
+	ReverseWants  atomic.Uint64 // downstream wants forwarded upstream
+	ReverseBlocks atomic.Uint64 // blocks relayed from upstream to the fleet
+	ReverseBytes  atomic.Uint64
+	Deferred      atomic.Uint64 // blocks set aside for a peer reading too slowly
+	BadBlocks     atomic.Uint64 // blocks from a node that match nothing it was asked for
+	// Wants Kitsune answers itself, never forwarded (local.go).
+	RefusedWants atomic.Uint64 // CIDs longer than a Kubo node accepts
+	InlineBlocks atomic.Uint64 // identity CIDs answered from the CID
+}
+
+// Stats is a snapshot of the relay's tables, for tests and status.
+type Stats struct {
+	Wants       int
+	Refused     int // wants every node refused, kept for their wanters
+	Peers       int
+	Queued      int
+	Outstanding map[peer.ID]int
+	// Reverse sessions: open sessions, CIDs they authorise, and wants
+	// from the fleet waiting on upstream peers.
+	Sessions     int
+	Authorised   int
+	ReverseWants int
+}

@@ -1,0 +1,70 @@
+package bitswap
+
+import (
+	"context"
+	"time"
+
+	pb "github.com/ipfs/boxo/bitswap/message/pb"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"go.uber.org/zap"
+)
+
+// shellFx carries out the core's effects; called with r.mu held.
+type shellFx struct{ r *Relay }
+
+func (f shellFx) want(node peer.ID, c cid.Cid, t pb.Message_Wantlist_WantType, prio int32) {
+	f.r.nodeOutLocked(node).want(f.r.ctx, c, t, prio)
+}
+
+func (f shellFx) cancel(node peer.ID, c cid.Cid) {
+	f.r.nodeOutLocked(node).cancel(f.r.ctx, c)
+}
+
+func (f shellFx) block(to peer.ID, b blocks.Block) {
+	f.r.outLocked(to).reply.addBlock(f.r.ctx, b)
+}
+
+func (f shellFx) presence(to peer.ID, c cid.Cid, t pb.Message_BlockPresenceType) {
+	f.r.outLocked(to).reply.addPresence(f.r.ctx, c, t)
+}
+
+func (f shellFx) backlogged(to peer.ID) bool {
+	o := f.r.outs[to]
+	return o != nil && o.reply.full()
+}
+
+func (f shellFx) protect(p peer.ID, on bool) {
+	if on {
+		f.r.front.Protect(p, wantsTag)
+	} else {
+		f.r.front.Unprotect(p, wantsTag)
+	}
+}
+
+// fetch runs a miss fetch through the node's RPC API, bounded by
+// MissFetchTimeout, and reports its end to the core.
+func (f shellFx) fetch(id uint64, node peer.ID, c cid.Cid) {
+	r := f.r
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.MissFetchTimeout)
+	r.fetches[id] = cancel
+	go func() {
+		err := r.down.Fetch(ctx, node, c)
+		cancel()
+		if err != nil {
+			r.log.Debug("miss fetch failed", zap.Stringer("cid", c), zap.Stringer("node", node), zap.Error(err))
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		delete(r.fetches, id)
+		r.core.fetchDone(id, node, c, err == nil, time.Now())
+	}()
+}
+
+func (f shellFx) stopFetch(id uint64) {
+	if cancel := f.r.fetches[id]; cancel != nil {
+		cancel()
+		delete(f.r.fetches, id)
+	}
+}
