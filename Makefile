@@ -10,10 +10,12 @@ KITSUNE   := $(CURDIR)/bin/kitsune
 HELIA_DIR := testdata/helia
 HELIA_STAMP := $(HELIA_DIR)/node_modules/.package-lock.json
 JSIPFS_DIR := testdata/jsipfs
+HELIA_BROWSER_DIR := testdata/helia-browser
+HELIA_BROWSER_STAMP := $(HELIA_BROWSER_DIR)/node_modules/.package-lock.json
 JSIPFS_STAMP := $(JSIPFS_DIR)/node_modules/.package-lock.json
 TEST_FLAGS ?= -timeout 40m
 
-.PHONY: all build kubo helia jsipfs run test vet fmt-check clean bench fuzz fuzz-short soak docs
+.PHONY: all build kubo helia jsipfs helia-browser run test vet fmt-check clean bench fuzz fuzz-short soak docs
 
 all: build
 
@@ -46,6 +48,17 @@ $(JSIPFS_STAMP): $(JSIPFS_DIR)/package.json $(JSIPFS_DIR)/package-lock.json
 	npm ci --prefix $(JSIPFS_DIR) --no-audit --no-fund
 	touch $@
 
+# Helia for the browser test: pinned packages and esbuild, from npm. The
+# test bundles the page itself (testdata/helia-browser/build.mjs) and loads
+# it in Debian's chromium. No install scripts: nothing the bundle uses needs
+# one (esbuild's binary is its @esbuild/linux-x64 package), and
+# node-datachannel's would download a native module from GitHub.
+helia-browser: $(HELIA_BROWSER_STAMP)
+
+$(HELIA_BROWSER_STAMP): $(HELIA_BROWSER_DIR)/package.json $(HELIA_BROWSER_DIR)/package-lock.json
+	npm ci --prefix $(HELIA_BROWSER_DIR) --no-audit --no-fund --ignore-scripts
+	touch $@
+
 run: build kubo
 	./scripts/devfleet.sh $(KITSUNE) $(KUBO)
 
@@ -55,7 +68,7 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: kubo helia jsipfs fmt-check vet
+test: kubo helia jsipfs helia-browser fmt-check vet
 	KITSUNE_KUBO_BIN=$(KUBO) $(GO) test $(TEST_FLAGS) ./...
 	$(MAKE) --no-print-directory fuzz-short
 
@@ -105,7 +118,7 @@ bench: build kubo
 	KITSUNE_KUBO_BIN=$(KUBO) $(BENCH) -kitsune $(KITSUNE) -out bench/results -command "make bench" $(BENCH_FLAGS)
 
 clean:
-	rm -rf $(CACHE) bin $(HELIA_DIR)/node_modules $(JSIPFS_DIR)/node_modules
+	rm -rf $(CACHE) bin $(HELIA_DIR)/node_modules $(JSIPFS_DIR)/node_modules $(HELIA_BROWSER_DIR)/node_modules
 
 # Reference documents generated from the code; a test fails when they are
 # stale, naming this target.
