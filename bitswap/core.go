@@ -199,12 +199,9 @@ func (w *want) needsBlock() bool {
 
 type upstream struct {
 	wants map[cid.Cid]struct{}
-	out   *replyOutbox
 	// deferred are wants whose block arrived while the peer's outbox was
 	// full; they are fetched again once it drains.
 	deferred map[cid.Cid]wanter
-	// reverse carries Kitsune's own wants to this peer (reverse sessions).
-	reverse *wantOutbox
 	// fetches and haveFetches are the peer's miss-fetch allowances, for
 	// wants addressed to Kitsune and for broadcasts.
 	fetches, haveFetches tokenBucket
