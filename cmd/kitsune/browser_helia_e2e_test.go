@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,7 +84,8 @@ func (k *kitsune) fullListenAddr(t *testing.T, transport string) string {
 // 6 MiB file the fleet holds through Kitsune over each browser transport:
 // WebSockets, WebTransport and WebRTC-direct (both with /certhash, no CA).
 // The page checks the sha256. For comparison the same file is fetched by
-// Helia in Node (ws) and a Kubo client (tcp) through the same Kitsune.
+// stock js-ipfs and Helia in Node (ws) and a Kubo client (tcp) through the
+// same Kitsune.
 func TestHeliaInChromium(t *testing.T) {
 	if _, err := os.Stat(chromium); err != nil {
 		t.Fatalf("this test needs Chromium at %s (apt-get install chromium; .ci/run installs it): %v", chromium, err)
@@ -97,6 +99,7 @@ func TestHeliaInChromium(t *testing.T) {
 	fc := addEverywhere(t, ctx, file, a, b)
 	rtcPort := freeUDPPort(t)
 	k := startKitsune(t, []*kubotest.Node{a, b}, func(c *runCmd) {
+		c.Preload = "127.0.0.1:0" // js-ipfs preloads what it fetches, too
 		c.WebTransport = []string{"/ip4/127.0.0.1/udp/0"}
 		c.WebRTCDirect = []string{fmt.Sprintf("/ip4/127.0.0.1/udp/%d", rtcPort)}
 	})
@@ -181,7 +184,24 @@ func TestHeliaInChromium(t *testing.T) {
 		})
 	}
 
-	// The same file, Helia in Node over ws and a Kubo client over tcp.
+	// The same file: stock js-ipfs and Helia in Node over ws, a Kubo
+	// client over tcp.
+	pre, err := url.Parse(k.preload.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := startJSIPFS(t, map[string]any{
+		"bootstrap": k.addr(t, "ws").String(),
+		"preload":   fmt.Sprintf("/ip4/%s/tcp/%s/http", pre.Hostname(), pre.Port()),
+		"cat":       fc.String(),
+	})
+	js.next(t, "connected", 60*time.Second)
+	cat := js.next(t, "cat", 2*time.Minute)
+	if cat.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("js-ipfs: %d bytes, sha256 %s", cat.Bytes, cat.SHA256)
+	}
+	timings["js-ipfs ws"] = time.Duration(cat.MS) * time.Millisecond
+
 	r, err := heliatest.Fetch(ctx, t, k.addr(t, "ws").String(), fc.String())
 	if err != nil || !r.OK || r.SHA256 != hex.EncodeToString(sum[:]) {
 		t.Fatalf("Helia in Node: %+v %v", r, err)
