@@ -28,6 +28,7 @@ func flagGroups() []kong.Group {
 		{Key: "front", Title: "Front door", Description: "What upstream peers (Kubo, Helia, browsers) connect to: identity, listen and announce addresses, transports, private networks, connection limits, the circuit relay service."},
 		{Key: "relay", Title: "Bitswap relay", Description: "Limits of the message-level relay."},
 		{Key: "preload", Title: "Preload API", Description: "The js-ipfs preload endpoint (POST /api/v0/refs)."},
+		{Key: "http", Title: "HTTP front", Description: "Delegated routing (/routing/v1) so HTTP-routing clients such as Helia find Kitsune as the provider of the fleet's content."},
 		{Key: "admin", Title: "Admin server and logs", Description: "Metrics, probes, status API, dashboard, profiler and logging."},
 	}
 }

@@ -42,6 +42,7 @@ type runCmd struct {
 	poolFlags  `embed:"" group:"fleet"`
 
 	preloadFlags `embed:"" group:"preload"`
+	httpFlags    `embed:"" group:"http"`
 	adminFlags   `embed:"" group:"admin"`
 	mdnsFlags    `embed:"" group:"front"`
 	geoipFlags   `embed:"" group:"admin"`

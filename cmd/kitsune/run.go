@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/kitsune-lb/kitsune/bitswap"
@@ -33,6 +34,7 @@ type config struct {
 	Relay      bitswap.Config
 	Pool       poolConfig
 	Preload    preloadConfig
+	HTTP       httpConfig
 	Front      frontSettings
 	Admin      adminConfig
 	MDNS       bool
@@ -63,6 +65,9 @@ func (c *runCmd) config() (config, error) {
 	}
 	cfg.Pool = pc
 	if cfg.Preload, err = c.preloadFlags.config(); err != nil {
+		return config{}, err
+	}
+	if cfg.HTTP, err = c.httpFlags.config(); err != nil {
 		return config{}, err
 	}
 	if len(cfg.Downstream) == 0 && pc.DNS == nil && pc.File == "" {
@@ -144,6 +149,7 @@ type kitsune struct {
 	stop        func()
 	done        chan struct{}
 	preload     *preload.Server
+	http        *preload.Server // the HTTP front (/routing/v1); nil when off
 	admin       *admin
 	geo         *geo // nil without --geoip-db
 	// reload re-reads the --downstream-file (on SIGHUP).
@@ -196,9 +202,23 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		return nil, err
 	}
 
+	var reg prometheus.Registerer
+	if adm != nil {
+		reg = adm.reg
+	}
+	web, err := startHTTP(cfg.HTTP, front, pool, reg, log.Named("http"))
+	if err != nil {
+		_ = pre.Close(context.Background())
+		front.Close()
+		back.Close()
+		return nil, err
+	}
+
 	var lan io.Closer = nopCloser{}
 	if cfg.MDNS {
 		if lan, err = proxy.StartMDNS(front, log.Named("mdns")); err != nil {
+			_ = pre.Close(context.Background())
+			_ = web.Close(context.Background())
 			front.Close()
 			back.Close()
 			return nil, err
@@ -207,7 +227,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 
 	runCtx, cancel := context.WithCancel(ctx)
 	relay.Start(runCtx)
-	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, geo: geo, done: make(chan struct{})}
+	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, http: web, geo: geo, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -248,6 +268,9 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	if pre != nil {
 		fmt.Fprintf(out, "Preload API (POST /api/v0/refs) on %s\n", pre.URL())
 	}
+	if web != nil {
+		fmt.Fprintf(out, "Delegated routing (/routing/v1) on %s\n", web.URL())
+	}
 
 	var once sync.Once
 	k.stop = func() {
@@ -257,6 +280,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 				k.admin.closing() // /readyz fails from now on
 				pctx, pcancel := context.WithTimeout(context.Background(), 2*time.Second)
 				_ = pre.Close(pctx) // running refs calls end with an X-Stream-Error
+				_ = web.Close(pctx)
 				pcancel()
 				// Cancel downstream wants while the connections are still up.
 				cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Second)

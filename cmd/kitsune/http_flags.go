@@ -1,0 +1,124 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/kitsune-lb/kitsune/downstream"
+	"github.com/kitsune-lb/kitsune/httpfront"
+	"github.com/kitsune-lb/kitsune/preload"
+)
+
+// httpFlags configure the HTTP front: delegated routing (/routing/v1) so
+// HTTP-routing clients (Helia) find Kitsune as the provider of what the
+// fleet holds.
+type httpFlags struct {
+	HTTP          string        `name:"http" env:"KITSUNE_HTTP" placeholder:"[HOST:]PORT" help:"Serve delegated routing (GET /routing/v1/providers/{cid} and /routing/v1/peers/{id}) on this port, or host:port, or TCP multiaddr, as -p takes. Providers queries answer Kitsune's own peer record when a fleet node holds the CID (an offline block lookup on the node the policy picks, cached). Empty or 0 (the default) turns it off."`
+	HTTPMaxPerIP  int           `name:"http-max-per-ip" env:"KITSUNE_HTTP_MAX_PER_IP" default:"16" help:"Concurrent routing requests per client IP (per /64 for IPv6); more get 429."`
+	HTTPTimeout   time.Duration `name:"http-timeout" env:"KITSUNE_HTTP_TIMEOUT" default:"10s" help:"Longest routing answer (Helia gives up after 30s)."`
+	HTTPCheckTime time.Duration `name:"http-check-timeout" env:"KITSUNE_HTTP_CHECK_TIMEOUT" default:"2s" help:"How long a fleet node has to say whether it holds a CID; no answer counts as no for that request and is not cached."`
+	HTTPCacheSize int           `name:"http-cache-size" env:"KITSUNE_HTTP_CACHE_SIZE" default:"65536" help:"Remembered \"the fleet holds this CID\" answers (least recently stored dropped first)."`
+	HTTPCacheTTL  time.Duration `name:"http-cache-ttl" env:"KITSUNE_HTTP_CACHE_TTL" default:"1m" help:"How long a yes is remembered; a no is remembered for a twelfth of it (at least 1s), as content is added all the time."`
+}
+
+// httpConfig is the validated form; Addr is empty when the front is off.
+type httpConfig struct {
+	Addr         string
+	MaxPerIP     int
+	Timeout      time.Duration
+	CheckTimeout time.Duration
+	CacheSize    int
+	CacheTTL     time.Duration
+}
+
+func (f *httpFlags) config() (httpConfig, error) {
+	addr, err := preloadAddr(f.HTTP)
+	if err != nil {
+		return httpConfig{}, fmt.Errorf("--http %q: %w", f.HTTP, err)
+	}
+	for _, v := range []struct {
+		name string
+		ok   bool
+	}{
+		{"--http-max-per-ip", f.HTTPMaxPerIP > 0},
+		{"--http-timeout", f.HTTPTimeout > 0},
+		{"--http-check-timeout", f.HTTPCheckTime > 0},
+		{"--http-cache-size", f.HTTPCacheSize > 0},
+		{"--http-cache-ttl", f.HTTPCacheTTL > 0},
+	} {
+		if !v.ok {
+			return httpConfig{}, fmt.Errorf("%s must be positive", v.name)
+		}
+	}
+	return httpConfig{Addr: addr, MaxPerIP: f.HTTPMaxPerIP, Timeout: f.HTTPTimeout, CheckTimeout: f.HTTPCheckTime,
+		CacheSize: f.HTTPCacheSize, CacheTTL: f.HTTPCacheTTL}, nil
+}
+
+// maxCheckedNodes bounds the nodes asked whether they hold one CID.
+const maxCheckedNodes = 3
+
+// startHTTP starts the HTTP front when it is configured; a nil Server
+// (off) is safe to Close. reg may be nil (admin port off).
+func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, reg prometheus.Registerer, log *zap.Logger) (*preload.Server, error) {
+	if cfg.Addr == "" {
+		return nil, nil
+	}
+	hold, err := httpfront.NewHoldings(httpfront.HoldingsConfig{
+		Checker:      httpfront.KuboChecker{},
+		Locator:      poolLocator{pool},
+		MaxNodes:     maxCheckedNodes,
+		CheckTimeout: cfg.CheckTimeout,
+		CacheSize:    cfg.CacheSize,
+		PositiveTTL:  cfg.CacheTTL,
+		NegativeTTL:  max(cfg.CacheTTL/12, time.Second),
+	})
+	if err != nil {
+		return nil, err
+	}
+	h, err := httpfront.New(httpfront.Config{
+		Self:     httpfront.Self{ID: front.ID(), Addrs: front.Addrs},
+		Holdings: hold,
+		MaxPerIP: cfg.MaxPerIP,
+		Timeout:  cfg.Timeout,
+		Registry: reg,
+		Log:      log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The preload port's server: the same slow-client timeouts and
+	// shutdown.
+	s, err := preload.Listen(cfg.Addr, h, log)
+	if err != nil {
+		return nil, fmt.Errorf("http port: %w", err)
+	}
+	return s, nil
+}
+
+// poolLocator names the nodes to ask whether the fleet holds a CID: the
+// policy's node first, then the other healthy connected ones.
+type poolLocator struct{ *downstream.Pool }
+
+// Candidates implements httpfront.Locator.
+func (p poolLocator) Candidates(c cid.Cid) []string {
+	first, ok := p.ChooseAPI(c)
+	if !ok {
+		return nil
+	}
+	out := []string{first}
+	for _, n := range p.Nodes() {
+		if len(out) >= maxCheckedNodes {
+			break
+		}
+		if n.Connected && n.State != downstream.StateEjected && !slices.Contains(out, n.URL) {
+			out = append(out, n.URL)
+		}
+	}
+	return out
+}

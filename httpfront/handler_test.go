@@ -1,0 +1,262 @@
+package httpfront
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ipfs/boxo/routing/http/client"
+	"github.com/ipfs/boxo/routing/http/types"
+	"github.com/ipfs/boxo/routing/http/types/iter"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+func newPeerID(t *testing.T) peer.ID {
+	t.Helper()
+	_, pub, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+type front struct {
+	url   string
+	self  Self
+	check *fakeChecker
+}
+
+func startFront(t *testing.T, fc *fakeChecker, maxPerIP int) front {
+	t.Helper()
+	self := Self{ID: newPeerID(t), Addrs: func() []ma.Multiaddr {
+		return []ma.Multiaddr{ma.StringCast("/ip4/198.51.100.7/tcp/4001"), ma.StringCast("/ip4/198.51.100.7/tcp/4002/ws")}
+	}}
+	hold, err := NewHoldings(HoldingsConfig{Checker: fc, Locator: LocatorFunc(func(cid.Cid) []string { return []string{"a"} }), CheckTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(Config{Self: self, Holdings: hold, MaxPerIP: maxPerIP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return front{url: srv.URL, self: self, check: fc}
+}
+
+func readAll[T any](t *testing.T, it iter.ResultIter[T]) []T {
+	t.Helper()
+	defer it.Close()
+	var out []T
+	for it.Next() {
+		r := it.Val()
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		out = append(out, r.Val)
+	}
+	return out
+}
+
+func checkSelf(t *testing.T, f front, rec *types.PeerRecord) {
+	t.Helper()
+	if rec.ID == nil || *rec.ID != f.self.ID {
+		t.Fatalf("record for %v, want Kitsune's %s", rec.ID, f.self.ID)
+	}
+	if len(rec.Protocols) != 1 || rec.Protocols[0] != TransportBitswap {
+		t.Fatalf("protocols %v, want [%s]", rec.Protocols, TransportBitswap)
+	}
+	want := f.self.Addrs()
+	if len(rec.Addrs) != len(want) {
+		t.Fatalf("addrs %v, want %v", rec.Addrs, want)
+	}
+	for i := range want {
+		if !rec.Addrs[i].Equal(want[i]) {
+			t.Fatalf("addr %d is %s, want %s", i, rec.Addrs[i], want[i])
+		}
+	}
+}
+
+func TestBoxoClientReadsProvidersAndPeers(t *testing.T) {
+	held, missing := testCID(t, 1), testCID(t, 2)
+	f := startFront(t, &fakeChecker{has: map[string]map[cid.Cid]bool{"a": {held: true}}}, 0)
+	ctx := context.Background()
+	for _, streaming := range []bool{false, true} {
+		var opts []client.Option
+		if streaming {
+			opts = append(opts, client.WithStreamResultsRequired())
+		}
+		c, err := client.New(f.url, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		it, err := c.FindProviders(ctx, held)
+		if err != nil {
+			t.Fatal(err)
+		}
+		provs := readAll(t, it)
+		if len(provs) != 1 {
+			t.Fatalf("streaming %v: %d providers of a held CID, want 1", streaming, len(provs))
+		}
+		rec, ok := provs[0].(*types.PeerRecord)
+		if !ok {
+			t.Fatalf("provider record is %T", provs[0])
+		}
+		checkSelf(t, f, rec)
+
+		it, err = c.FindProviders(ctx, missing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, it); len(got) != 0 {
+			t.Fatalf("streaming %v: providers of a CID the fleet lacks: %v", streaming, got)
+		}
+
+		pit, err := c.FindPeers(ctx, f.self.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		peers := readAll(t, pit)
+		if len(peers) != 1 {
+			t.Fatalf("streaming %v: %d records for Kitsune's ID, want 1", streaming, len(peers))
+		}
+		checkSelf(t, f, peers[0])
+
+		pit, err = c.FindPeers(ctx, newPeerID(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readAll(t, pit); len(got) != 0 {
+			t.Fatalf("records for a stranger: %v", got)
+		}
+	}
+	// Two distinct CIDs were asked about, each once (the rest was cached).
+	if n := f.check.calls.Load(); n != 2 {
+		t.Fatalf("node asked %d times, want 2", n)
+	}
+}
+
+func TestBadInputNeverReachesANode(t *testing.T) {
+	f := startFront(t, &fakeChecker{has: map[string]map[cid.Cid]bool{"a": {}}}, 0)
+	for _, tc := range []struct {
+		method, path string
+		status       int
+		reason       string
+	}{
+		{"GET", "/routing/v1/providers/not-a-cid", 400, "unable to parse CID"},
+		{"GET", "/routing/v1/providers/bafy", 400, "unable to parse CID"},
+		{"GET", "/routing/v1/peers/not-a-peer!", 400, "unable to parse PeerID"},
+		{"PUT", "/routing/v1/providers/", 405, "only GET"},
+		{"POST", "/routing/v1/providers/" + testCID(t, 1).String(), 405, "only GET"},
+		{"GET", "/routing/v1/ipns/k51qzi5uqu5dlvj2baxnqndepeb86cbk3ng7n3i46uzyxzyqj2xjonzllnv0v8", 501, "not implemented"},
+		{"PUT", "/routing/v1/ipns/k51qzi5uqu5dlvj2baxnqndepeb86cbk3ng7n3i46uzyxzyqj2xjonzllnv0v8", 501, "not implemented"},
+		{"GET", "/routing/v1/dht/closest/peers/" + testCID(t, 1).String(), 501, "not implemented"},
+		{"GET", "/ipfs/" + testCID(t, 1).String(), 404, ""},
+	} {
+		req, err := http.NewRequest(tc.method, f.url+tc.path, strings.NewReader(strings.Repeat("x", 1<<20)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.reason) {
+			t.Errorf("%s %s: %d %q, want %d with %q", tc.method, tc.path, resp.StatusCode, body, tc.status, tc.reason)
+		}
+	}
+	if n := f.check.calls.Load(); n != 0 {
+		t.Fatalf("bad requests reached a node %d times", n)
+	}
+}
+
+func TestPerIPLimit(t *testing.T) {
+	gate := make(chan struct{})
+	f := startFront(t, &fakeChecker{has: map[string]map[cid.Cid]bool{"a": {}}, gate: gate}, 2)
+	get := func(i int) *http.Response {
+		resp, err := http.Get(f.url + "/routing/v1/providers/" + testCID(t, i).String())
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		return resp
+	}
+	done := make(chan int, 2)
+	for i := range 2 {
+		go func() {
+			resp := get(i)
+			if resp != nil {
+				resp.Body.Close()
+				done <- resp.StatusCode
+			} else {
+				done <- 0
+			}
+		}()
+	}
+	// Both slots are taken once the node has seen both lookups.
+	deadline := time.Now().Add(10 * time.Second)
+	for f.check.calls.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	resp := get(3)
+	if resp == nil {
+		t.FailNow()
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("third concurrent request: %d, want 429", resp.StatusCode)
+	}
+	close(gate)
+	for range 2 {
+		if s := <-done; s != http.StatusOK {
+			t.Fatalf("admitted request ended %d, want 200", s)
+		}
+	}
+	// The slots are given back: the limiter's map empties.
+	resp = get(4)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("after the burst: %d, want 200", resp.StatusCode)
+	}
+}
+
+func TestLimiterEmpties(t *testing.T) {
+	l := newLimiter(1)
+	var rel []func()
+	for i := range 50 {
+		r, ok := l.acquire(netipAddr(t, i))
+		if !ok {
+			t.Fatal("first request of an address refused")
+		}
+		rel = append(rel, r)
+	}
+	if l.active() != 50 {
+		t.Fatalf("active %d, want 50", l.active())
+	}
+	for _, r := range rel {
+		r()
+		r() // a second release is harmless
+	}
+	if l.active() != 0 {
+		t.Fatalf("active %d after every release, want 0", l.active())
+	}
+}
+
+func netipAddr(t *testing.T, i int) netip.Addr {
+	t.Helper()
+	return netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})
+}
