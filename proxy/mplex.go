@@ -3,8 +3,10 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"net"
 	"sync"
+	"time"
 
 	mplex "github.com/libp2p/go-libp2p-mplex"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -122,10 +124,65 @@ type guardedMplexStream struct {
 // maxPendingResets unsent: then the whole connection is closed, which
 // ends every waiting reset at once.
 func (s *guardedMplexStream) Reset() error {
+	s.drain()
 	if !s.conn.guard.reserve() {
 		return s.conn.Close()
 	}
 	return s.MuxedStream.Reset()
+}
+
+// CloseRead and Close drain first, as Reset does.
+func (s *guardedMplexStream) CloseRead() error {
+	s.drain()
+	return s.MuxedStream.CloseRead()
+}
+
+func (s *guardedMplexStream) Close() error {
+	s.drain()
+	return s.MuxedStream.Close()
+}
+
+// drain reads away what the peer sent on the stream that has not been
+// read yet, so its buffers go back to the connection before the stream
+// stops reading.
+//
+// go-mplex gives a connection at most four inbound 4 KiB buffers. Data
+// queued for a stream holds one until the stream's Read consumes it, and
+// once the stream is reset or closed for reading, Read returns at once and
+// never gives it back. Four such streams and the connection's reader waits
+// a minute for a buffer, then the connection dies: any peer whose stream
+// Kitsune resets mid-message (the Bitswap stream guard does) would lose
+// its connection. The reads here have a deadline in the past, so they
+// return at once when nothing is queued; the cap bounds the work a peer
+// still sending can cause. A chunk that arrives between this and the
+// reset can still be lost; that takes a peer sending at that instant.
+func (s *guardedMplexStream) drain() {
+	const maxReads, enoughIdle = 64, 16
+	if err := s.MuxedStream.SetReadDeadline(time.Now().Add(-time.Second)); err != nil {
+		return
+	}
+	var scratch [mp.BufferSize]byte
+	idle := 0
+	for range maxReads {
+		n, err := s.MuxedStream.Read(scratch[:])
+		switch {
+		case n > 0:
+			idle = 0
+		case isTemporary(err):
+			// The deadline: nothing queued now, or Go's select picked
+			// the deadline over queued data. Try a few times.
+			if idle++; idle >= enoughIdle {
+				return
+			}
+		case err != nil:
+			return // EOF, reset, already closed: nothing more to free
+		}
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
 }
 
 func (s *guardedMplexStream) ResetWithError(network.StreamErrorCode) error {

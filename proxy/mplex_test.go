@@ -180,7 +180,7 @@ func TestMplexFloodIsBounded(t *testing.T) {
 			}
 			done <- err
 		}()
-		tick := time.NewTicker(200 * time.Millisecond)
+		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		sample := func() {
 			h, g := heapAndGoroutines()
@@ -242,4 +242,52 @@ func TestMplexFloodIsBounded(t *testing.T) {
 		check(t, peakHeap, peakG)
 	})
 
+}
+
+// A stream Kitsune resets while the peer's data for it is still queued
+// must not keep that data's buffer: go-mplex gives a connection at most
+// four inbound buffers and returns a queued one only on a later Read, which
+// never comes after a reset. With four lost, the connection stops reading
+// for a minute and dies. A peer (js-ipfs) whose streams Kitsune resets
+// mid-message, which the Bitswap stream guard does, must keep a working
+// connection.
+func TestMplexResetStreamsFreeTheirBuffers(t *testing.T) {
+	front := newFront(t, FrontConfig{ListenAddrs: addrs(t, "/ip4/127.0.0.1/tcp/0")})
+	const proto = "/kitsune/test/reset-after-one-byte"
+	handled := make(chan struct{}, 64)
+	front.SetStreamHandler(proto, func(s network.Stream) {
+		var b [1]byte
+		_, _ = s.Read(b[:])
+		// Let the rest of the peer's data arrive and queue up.
+		time.Sleep(100 * time.Millisecond)
+		_ = s.Reset()
+		handled <- struct{}{}
+	})
+	c := client(t, nil, libp2p.Muxer(MplexID, mplexTransport{}))
+	if err := connect(c, front); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	data := make([]byte, 64<<10)
+	for i := range 12 {
+		s, err := c.NewStream(ctx, front.ID(), proto)
+		if err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+		_ = s.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		_, _ = s.Write(data) // may be cut short by the reset
+		select {
+		case <-handled:
+		case <-ctx.Done():
+			t.Fatalf("stream %d never reached the handler: the connection stopped reading", i)
+		}
+		_ = s.Reset()
+	}
+	// The connection still carries new streams at once.
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer pcancel()
+	if r := <-ping.Ping(pctx, c, front.ID()); r.Error != nil {
+		t.Fatalf("ping after 12 reset streams: %v", r.Error)
+	}
 }
