@@ -51,20 +51,16 @@ type Node struct {
 	cancel context.CancelFunc // stops the node's maintenance when removed
 	wake   chan struct{}
 
-	mu           sync.Mutex
-	id           peer.ID
-	addrs        []ma.Multiaddr
-	connected    bool
-	state        State
-	lastErr      string
-	inFlight     int
-	ewma         time.Duration // smoothed want latency
-	rtt          time.Duration // last libp2p ping
-	failures     int           // consecutive failures, active or passive
-	ejections    int           // ejections in a row, for the growing ejection time
-	ejectedUntil time.Time
-	healthySince time.Time
-	stats        NodeCounters
+	mu        sync.Mutex
+	id        peer.ID
+	addrs     []ma.Multiaddr
+	connected bool
+	health    health
+	lastErr   string
+	inFlight  int
+	ewma      time.Duration // smoothed want latency
+	rtt       time.Duration // last libp2p ping
+	stats     NodeCounters
 }
 
 // NodeCounters are a node's cumulative traffic figures.
@@ -119,8 +115,8 @@ func (n *Node) Status() NodeStatus {
 	defer n.mu.Unlock()
 	return NodeStatus{
 		Addr: n.Addr, URL: n.URL, ID: n.id, Addrs: n.addrs, Connected: n.connected,
-		State: n.state, InFlight: n.inFlight, Latency: n.ewma, PingRTT: n.rtt,
-		Failures: n.failures, LastError: n.lastErr, Counters: n.stats,
+		State: n.health.state, InFlight: n.inFlight, Latency: n.ewma, PingRTT: n.rtt,
+		Failures: n.health.failures, LastError: n.lastErr, Counters: n.stats,
 	}
 }
 

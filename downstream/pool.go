@@ -6,21 +6,16 @@ package downstream
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/peerstore"
-	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
 	"go.uber.org/zap"
 )
 
@@ -242,352 +237,6 @@ func (p *Pool) Len() int {
 	return len(p.nodes)
 }
 
-// Run keeps every node connected and checked until ctx ends.
-func (p *Pool) Run(ctx context.Context) {
-	notifiee := &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
-		if n.Connectedness(c.RemotePeer()) == network.Connected {
-			return
-		}
-		p.mu.Lock()
-		node := p.byID[c.RemotePeer()]
-		p.mu.Unlock()
-		if node != nil {
-			node.poke()
-		}
-	}}
-	p.host.Network().Notify(notifiee)
-	defer p.host.Network().StopNotify(notifiee)
-
-	evCtx, evCancel := context.WithCancel(context.Background())
-	evDone := make(chan struct{})
-	go func() {
-		defer close(evDone)
-		p.deliverEvents(evCtx)
-	}()
-
-	p.mu.Lock()
-	p.runCtx = ctx
-	nodes := slices.Clone(p.nodes)
-	p.mu.Unlock()
-	for _, n := range nodes {
-		p.startNode(ctx, n)
-	}
-	<-ctx.Done()
-	p.wg.Wait()
-	// Deliver the last NodeDown events before returning.
-	evCancel()
-	<-evDone
-}
-
-func (p *Pool) startNode(ctx context.Context, n *Node) {
-	nctx, cancel := context.WithCancel(ctx)
-	n.mu.Lock()
-	n.cancel = cancel
-	n.mu.Unlock()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		p.maintain(nctx, n)
-	}()
-}
-
-// emit queues a listener call; deliverEvents makes them in order from its
-// own goroutine, so nobody calls the listener while holding a lock.
-func (p *Pool) emit(f func(Listener)) {
-	p.evMu.Lock()
-	p.events = append(p.events, f)
-	p.evMu.Unlock()
-	select {
-	case p.evWake <- struct{}{}:
-	default:
-	}
-}
-
-func (p *Pool) deliverEvents(ctx context.Context) {
-	for {
-		p.evMu.Lock()
-		evs := p.events
-		p.events = nil
-		p.evMu.Unlock()
-		p.mu.Lock()
-		l := p.listener
-		p.mu.Unlock()
-		for _, f := range evs {
-			if l != nil {
-				f(l)
-			}
-		}
-		if len(evs) > 0 {
-			continue
-		}
-		select {
-		case <-p.evWake:
-		case <-ctx.Done():
-			p.evMu.Lock()
-			left := len(p.events)
-			p.evMu.Unlock()
-			if left == 0 {
-				return
-			}
-		}
-	}
-}
-
-// maintain connects to one node, checks it while connected, and reconnects
-// with backoff when the connection drops, re-learning the peer ID each time
-// so a node rebuilt behind the same API address is followed rather than
-// lost.
-func (p *Pool) maintain(ctx context.Context, n *Node) {
-	b := backoff{min: p.opts.MinBackoff, max: p.opts.MaxBackoff}
-	log := p.log.With(zap.String("node", n.URL))
-	for ctx.Err() == nil {
-		if err := p.connect(ctx, n, log); err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			n.mu.Lock()
-			n.lastErr = err.Error()
-			n.mu.Unlock()
-			wait := b.next()
-			log.Debug("downstream not reachable", zap.Error(err), zap.Duration("retry_in", wait))
-			select {
-			case <-ctx.Done():
-			case <-time.After(wait):
-			}
-			continue
-		}
-		b.reset()
-		p.watch(ctx, n, log)
-		p.setDisconnected(n, log)
-	}
-	p.setDisconnected(n, log)
-	if id := n.ID(); id != "" {
-		if other := p.sharing(n, id); other != nil {
-			// The same Kubo node is a member under another address (a
-			// hostname and its IP): its connection is still in use.
-			p.mu.Lock()
-			p.byID[id] = other
-			p.mu.Unlock()
-			return
-		}
-		p.host.ConnManager().Unprotect(id, protectTag)
-		p.mu.Lock()
-		if p.byID[id] == n {
-			delete(p.byID, id)
-		}
-		p.mu.Unlock()
-		// A node removed from the fleet is let go; one still a member is
-		// only here because Kitsune is shutting down.
-		p.mu.Lock()
-		member := p.byURL[n.URL] == n
-		p.mu.Unlock()
-		if !member {
-			_ = p.host.Network().ClosePeer(id)
-		}
-	}
-}
-
-func (p *Pool) connect(ctx context.Context, n *Node, log *zap.Logger) error {
-	cctx, cancel := context.WithTimeout(ctx, p.opts.DialTimeout)
-	defer cancel()
-	id, addrs, err := n.learn(cctx)
-	if err != nil {
-		return err
-	}
-	if len(addrs) == 0 {
-		return fmt.Errorf("downstream %s: /api/v0/id lists no usable swarm address", n.URL)
-	}
-	old := n.ID()
-	if old != "" && old != id {
-		log.Info("downstream changed peer ID", zap.Stringer("old", old), zap.Stringer("new", id))
-		p.host.ConnManager().Unprotect(old, protectTag)
-		p.mu.Lock()
-		if p.byID[old] == n {
-			delete(p.byID, old)
-		}
-		p.mu.Unlock()
-	}
-	p.host.Peerstore().AddAddrs(id, addrs, peerstore.PermanentAddrTTL)
-	if err := p.host.Connect(cctx, peer.AddrInfo{ID: id, Addrs: addrs}); err != nil {
-		return fmt.Errorf("downstream %s: connect to %s: %w", n.URL, id, err)
-	}
-	p.host.ConnManager().Protect(id, protectTag)
-
-	p.mu.Lock()
-	p.byID[id] = n
-	p.mu.Unlock()
-	n.mu.Lock()
-	n.id, n.addrs, n.connected, n.lastErr = id, addrs, true, ""
-	n.inFlight = 0
-	// A node that was ejected stays ejected across a reconnect until its
-	// time is up and it passes a check.
-	up := n.state != StateEjected
-	if up {
-		n.state, n.failures, n.healthySince = StateHealthy, 0, time.Now()
-	}
-	n.mu.Unlock()
-	log.Info("downstream joined", zap.Stringer("peer", id), zap.Stringers("addrs", addrs))
-	if up {
-		p.emit(func(l Listener) { l.NodeUp(id) })
-	}
-	return nil
-}
-
-// watch runs the active health checks until the connection is gone or ctx
-// ends. A disconnect notification wakes it at once.
-func (p *Pool) watch(ctx context.Context, n *Node, log *zap.Logger) {
-	t := time.NewTicker(p.opts.HealthInterval)
-	defer t.Stop()
-	for {
-		if p.host.Network().Connectedness(n.ID()) != network.Connected {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-n.wake:
-			continue
-		case <-t.C:
-		}
-		err := p.check(ctx, n)
-		if ctx.Err() != nil {
-			return
-		}
-		p.afterCheck(n, err, log)
-	}
-}
-
-// check is one active health check: the RPC API answers, the back host is
-// connected, and a libp2p ping comes back (its RTT is kept).
-func (p *Pool) check(ctx context.Context, n *Node) error {
-	cctx, cancel := context.WithTimeout(ctx, p.opts.HealthTimeout)
-	defer cancel()
-	id := n.ID()
-	if p.host.Network().Connectedness(id) != network.Connected {
-		return errors.New("back host not connected")
-	}
-	var v struct{ Version string }
-	if err := n.API.Request("version").Exec(cctx, &v); err != nil {
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			// Nothing listens at the node's RPC address: the daemon is
-			// gone (killed, crashed, restarting). Its libp2p connection
-			// can linger (QUIC notices a dead peer only after a 30s idle
-			// timeout), taking wants and hiding a node that comes back
-			// on new ports or as a new peer ID. Dropping it makes the
-			// node leave at once and be re-learned when it answers.
-			_ = p.host.Network().ClosePeer(id)
-		}
-		return fmt.Errorf("/api/v0/version: %w", err)
-	}
-	select {
-	case res := <-ping.Ping(cctx, p.host, id):
-		if res.Error != nil {
-			return fmt.Errorf("ping: %w", res.Error)
-		}
-		n.mu.Lock()
-		n.rtt = res.RTT
-		n.mu.Unlock()
-	case <-cctx.Done():
-		return fmt.Errorf("ping: %w", cctx.Err())
-	}
-	return nil
-}
-
-func (p *Pool) afterCheck(n *Node, err error, log *zap.Logger) {
-	n.mu.Lock()
-	id := n.id
-	if err != nil {
-		n.lastErr = err.Error()
-		n.stats.Failures++
-		n.failures++
-		eject := n.state == StateHealthy && n.failures >= p.opts.EjectAfter
-		n.mu.Unlock()
-		log.Debug("health check failed", zap.Error(err))
-		if eject {
-			p.eject(n, "health checks failing: "+err.Error())
-		}
-		return
-	}
-	now := time.Now()
-	switch {
-	case n.state == StateEjected && !now.Before(n.ejectedUntil):
-		n.state, n.failures, n.healthySince = StateHealthy, 0, now
-		n.mu.Unlock()
-		log.Info("downstream re-admitted", zap.Stringer("peer", id))
-		p.emit(func(l Listener) { l.NodeUp(id) })
-		return
-	case n.state == StateHealthy:
-		n.failures = 0
-		// A long healthy stretch forgives past ejections.
-		if n.ejections > 0 && now.Sub(n.healthySince) > p.opts.EjectMax {
-			n.ejections = 0
-		}
-	}
-	n.mu.Unlock()
-}
-
-// eject takes a failing node out of rotation for a time that doubles with
-// each ejection in a row, like Envoy's outlier detection.
-func (p *Pool) eject(n *Node, why string) {
-	n.mu.Lock()
-	if n.state != StateHealthy {
-		n.mu.Unlock()
-		return
-	}
-	n.ejections++
-	d := p.opts.EjectBase << (n.ejections - 1)
-	if d > p.opts.EjectMax || d <= 0 {
-		d = p.opts.EjectMax
-	}
-	n.state = StateEjected
-	n.ejectedUntil = time.Now().Add(d)
-	n.stats.Ejections++
-	id, connected := n.id, n.connected
-	n.mu.Unlock()
-	p.log.Warn("downstream ejected", zap.String("node", n.URL), zap.Stringer("peer", id),
-		zap.String("reason", why), zap.Duration("for", d))
-	p.emit(func(l Listener) { l.NodeDown(id, connected) })
-}
-
-func (p *Pool) setDisconnected(n *Node, log *zap.Logger) {
-	n.mu.Lock()
-	was, id := n.connected, n.id
-	n.connected = false
-	n.inFlight = 0
-	if n.state == StateHealthy {
-		n.state = StateUnknown
-	}
-	n.mu.Unlock()
-	if !was {
-		return
-	}
-	log.Info("downstream left", zap.Stringer("peer", id))
-	if p.sharing(n, id) != nil {
-		return // still reachable through the member that shares it
-	}
-	p.emit(func(l Listener) { l.NodeDown(id, false) })
-}
-
-// sharing returns another member that is the same peer as n and is
-// connected, if there is one.
-func (p *Pool) sharing(n *Node, id peer.ID) *Node {
-	p.mu.Lock()
-	nodes := slices.Clone(p.nodes)
-	p.mu.Unlock()
-	for _, o := range nodes {
-		if o == n {
-			continue
-		}
-		o.mu.Lock()
-		same := o.id == id && o.connected
-		o.mu.Unlock()
-		if same {
-			return o
-		}
-	}
-	return nil
-}
-
 // Nodes returns a snapshot of every member node.
 func (p *Pool) Nodes() []NodeStatus {
 	p.mu.Lock()
@@ -620,7 +269,7 @@ func (p *Pool) Pick(c cid.Cid, skip func(peer.ID) bool) (peer.ID, bool) {
 	var ejectedFails []int // failures of each ejected candidate
 	for _, n := range nodes {
 		n.mu.Lock()
-		id, up, st, fails := n.id, n.connected, n.state, n.failures
+		id, up, st, fails := n.id, n.connected, n.health.state, n.health.failures
 		cand := Candidate{ID: id, URL: n.URL, InFlight: n.inFlight, Latency: n.ewma}
 		n.mu.Unlock()
 		if !up || (skip != nil && skip(id)) {
@@ -708,7 +357,7 @@ func (p *Pool) Done(id peer.ID, o Outcome, latency time.Duration) {
 		default:
 			n.stats.DontHaves++
 		}
-		n.failures = 0
+		n.health.ok(time.Now(), p.opts.ejectPolicy())
 		if n.ewma == 0 {
 			n.ewma = latency
 		} else {
@@ -716,13 +365,8 @@ func (p *Pool) Done(id peer.ID, o Outcome, latency time.Duration) {
 		}
 		n.mu.Unlock()
 	case OutcomeFailed:
-		n.stats.Failures++
-		n.failures++
-		eject := n.state == StateHealthy && n.failures >= p.opts.EjectAfter
 		n.mu.Unlock()
-		if eject {
-			p.eject(n, "wants timing out or failing")
-		}
+		p.fail(n, "wants timing out or failing")
 	default:
 		n.mu.Unlock()
 	}
@@ -735,15 +379,7 @@ func (p *Pool) Penalise(id peer.ID, why string) {
 	if n == nil {
 		return
 	}
-	n.mu.Lock()
-	n.stats.Failures++
-	n.failures++
-	n.lastErr = why
-	eject := n.state == StateHealthy && n.failures >= p.opts.EjectAfter
-	n.mu.Unlock()
-	if eject {
-		p.eject(n, why)
-	}
+	p.fail(n, why)
 }
 
 // Timeout is how long a want may wait on id before it is moved elsewhere:
