@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,6 +21,7 @@ import (
 	mh "github.com/multiformats/go-multihash"
 
 	"github.com/kitsune-lb/kitsune/httpfront"
+	"github.com/kitsune-lb/kitsune/internal/heliatest"
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
 )
 
@@ -210,4 +213,34 @@ func TestHTTPRoutingLatency(t *testing.T) {
 	}
 	measure("cold")
 	measure("warm")
+}
+
+// Helia in Node, with Kitsune's /routing/v1 as its only router, no
+// bootstrap peers and no address to dial, finds Kitsune as the provider of
+// a multi-MiB file that lives on one fleet node and fetches it through it.
+func TestHeliaFindsKitsuneByDelegatedRouting(t *testing.T) {
+	a := kubotest.Start(t, kubotest.Options{})
+	b := kubotest.Start(t, kubotest.Options{})
+	ctx := testCtx(t, 3*time.Minute)
+	file := randomBytes(t, 5<<20)
+	fileCID, err := b.AddBytes(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKitsune(t, []*kubotest.Node{a, b}, func(c *runCmd) { c.HTTP = "127.0.0.1:0" })
+	eventually(t, 30*time.Second, "both nodes healthy", func() bool { return k.pool.HealthyCount() == 2 })
+
+	res, err := heliatest.Fetch(ctx, t, "", fileCID.String(), heliatest.WithRouter(k.http.URL()), heliatest.WithTimeout(90*time.Second))
+	if err != nil {
+		t.Fatalf("helia fetch through delegated routing: %v", err)
+	}
+	sum := sha256.Sum256(file)
+	if res.Bytes != int64(len(file)) || res.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("helia got %d bytes sha256 %s, want %d bytes %x", res.Bytes, res.SHA256, len(file), sum)
+	}
+	if !slices.Equal(res.Peers, []string{k.front.ID().String()}) {
+		t.Fatalf("helia ended connected to %v, want Kitsune %s alone", res.Peers, k.front.ID())
+	}
+	t.Logf("helia found Kitsune by /routing/v1 and fetched %d bytes in %d ms", res.Bytes, res.MS)
+	waitRelayEmpty(t, k)
 }

@@ -19,6 +19,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -112,6 +113,8 @@ type Result struct {
 	// MS is the time Helia took from the start of the dial to the last byte.
 	MS    int64  `json:"ms"`
 	Error string `json:"error,omitempty"`
+	// Peers are the peer IDs the node was connected to at the end.
+	Peers []string `json:"peers,omitempty"`
 
 	// Wall is the whole run including Node start-up (about 2 s of loading).
 	Wall time.Duration `json:"-"`
@@ -126,6 +129,14 @@ type fetchConfig struct {
 	path    string
 	timeout time.Duration
 	env     []string
+	router  string
+}
+
+// WithRouter gives Helia a delegated routing (/routing/v1) base URL to find
+// providers through. With an empty addr, Fetch dials nobody itself: the
+// node learns whom to dial from the router alone.
+func WithRouter(url string) FetchOption {
+	return func(c *fetchConfig) { c.router = url }
 }
 
 // WithPath fetches the file at path inside the directory c (UnixFS path,
@@ -147,7 +158,8 @@ func WithEnv(kv ...string) FetchOption {
 }
 
 // Fetch runs fetch.mjs: a fresh Helia node dials addr (a multiaddr string
-// ending in /p2p/<peer ID>, e.g. a /ws address) and cats the UnixFS file c.
+// ending in /p2p/<peer ID>, e.g. a /ws address; none when empty, see
+// WithRouter) and cats the UnixFS file c.
 // A failed fetch returns the parsed Result (OK false) and an error that
 // includes the script's stderr; ctx cancellation kills the process.
 func Fetch(ctx context.Context, t testing.TB, addr, c string, opts ...FetchOption) (Result, error) {
@@ -167,8 +179,17 @@ func Fetch(ctx context.Context, t testing.TB, addr, c string, opts ...FetchOptio
 		cfg.timeout = time.Second
 	}
 
-	args := []string{filepath.Join(dir, "fetch.mjs"), "--addr", addr, "--cid", c,
+	args := []string{filepath.Join(dir, "fetch.mjs"), "--cid", c,
 		"--timeout-ms", strconv.FormatInt(cfg.timeout.Milliseconds(), 10)}
+	if addr != "" {
+		args = append(args, "--addr", addr)
+	}
+	if cfg.router != "" {
+		args = append(args, "--router", cfg.router)
+	}
+	if addr == "" && cfg.router == "" {
+		return Result{}, errors.New("heliatest: Fetch needs an addr or WithRouter")
+	}
 	if cfg.path != "" {
 		args = append(args, "--path", cfg.path)
 	}

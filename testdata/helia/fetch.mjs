@@ -2,9 +2,13 @@
 //
 //   node fetch.mjs --addr /ip4/127.0.0.1/tcp/4001/ws/p2p/12D3... --cid bafy...
 //                  [--path sub/dir/file] [--timeout-ms 60000]
+//   node fetch.mjs --router http://127.0.0.1:8080 --cid bafy...
+//
+// With --router (a delegated routing /routing/v1 base URL) and no --addr the
+// node dials nobody itself: it finds providers through the router only.
 //
 // Prints one JSON line on stdout and exits:
-//   {"ok":true,"bytes":N,"sha256":"<hex>","ms":N}        exit 0
+//   {"ok":true,"bytes":N,"sha256":"<hex>","ms":N,"peers":["12D3..."]}  exit 0
 //   {"ok":false,"error":"..."}                             exit 1
 // "ms" counts from the start of the dial to the last byte. Diagnostics go to
 // stderr only.
@@ -15,6 +19,7 @@ import { args, createNode, dial, emit, errorText, sha256, stopWithin } from './l
 
 const opts = args({
   addr: { type: 'string' },
+  router: { type: 'string' },
   cid: { type: 'string' },
   path: { type: 'string' },
   'timeout-ms': { type: 'string', default: '60000' }
@@ -32,8 +37,8 @@ hardStop.unref()
 let helia
 let code = 0
 try {
-  if (opts.addr == null || opts.cid == null) {
-    throw new Error('usage: fetch.mjs --addr <multiaddr/p2p/id> --cid <cid> [--path p] [--timeout-ms N]')
+  if ((opts.addr == null && opts.router == null) || opts.cid == null) {
+    throw new Error('usage: fetch.mjs (--addr <multiaddr/p2p/id> | --router <url>) --cid <cid> [--path p] [--timeout-ms N]')
   }
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     throw new Error(`bad --timeout-ms ${opts['timeout-ms']}`)
@@ -41,9 +46,11 @@ try {
   const signal = AbortSignal.timeout(timeoutMs)
   const cid = CID.parse(opts.cid)
 
-  helia = await createNode()
+  helia = await createNode(opts.router == null ? [] : [opts.router])
   const start = performance.now()
-  await dial(helia, opts.addr, signal)
+  if (opts.addr != null) {
+    await dial(helia, opts.addr, signal)
+  }
 
   const hash = sha256()
   let bytes = 0
@@ -51,7 +58,8 @@ try {
     hash.update(chunk)
     bytes += chunk.byteLength
   }
-  emit({ ok: true, bytes, sha256: hash.digest('hex'), ms: Math.round(performance.now() - start) })
+  const peers = helia.libp2p.getPeers().map(p => p.toString())
+  emit({ ok: true, bytes, sha256: hash.digest('hex'), ms: Math.round(performance.now() - start), peers })
 } catch (err) {
   process.stderr.write(`fetch.mjs: ${err?.stack ?? err}\n`)
   emit({ ok: false, error: errorText(err) })

@@ -5,15 +5,17 @@
 // Yamux, identify (Helia finds Bitswap peers through identify) and Helia's
 // own Bitswap block broker. Everything that would reach outside the machine
 // or find peers by itself is left out on purpose: no bootstrap list, no
-// delegated routing, no trustless-gateway broker, no mDNS, no DHT, and no
-// listen addresses (a browser cannot listen either), so the only peer the
-// node ever talks to is the one the test tells it to dial.
+// trustless-gateway broker, no mDNS, no DHT, and no listen addresses (a
+// browser cannot listen either), so the only peer the node ever talks to is
+// the one the test tells it to dial, or the one the delegated router the
+// test names (createNode's routers, none by default) tells it of.
 
 import { parseArgs } from 'node:util'
 import { createHash } from 'node:crypto'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { withBitswap } from '@helia/bitswap'
+import { delegatedHTTPRouter } from '@helia/delegated-routing-client'
 import { withLibp2pLight } from '@helia/libp2p'
 import { identify } from '@libp2p/identify'
 import { webSockets } from '@libp2p/websockets'
@@ -21,7 +23,9 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createHeliaLight } from 'helia'
 
 // createNode returns a started Helia node with an in-memory blockstore.
-export async function createNode () {
+// routers are delegated routing (/routing/v1) base URLs; Helia's Bitswap
+// asks them for providers of each block it wants and dials what they name.
+export async function createNode (routers = []) {
   // createHeliaLight + withLibp2pLight + withBitswap is what createHelia()
   // does minus withHTTP (gateways, delegated routing) and minus
   // libp2pDefaults (every transport, bootstrap, DHT, ...).
@@ -36,6 +40,11 @@ export async function createNode () {
     connectionGater: { denyDialMultiaddr: () => false },
     services: { identify: identify() }
   }))
+  for (const url of routers) {
+    // The same router createHelia() adds for https://delegated-ipfs.dev,
+    // with its default protocol and address filters.
+    helia.addRouter(delegatedHTTPRouter({ url }))
+  }
   await helia.start()
   return helia
 }
