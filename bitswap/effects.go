@@ -68,3 +68,27 @@ func (f shellFx) stopFetch(id uint64) {
 		delete(f.r.fetches, id)
 	}
 }
+
+// The reverse sessions' effects (reverseOut).
+
+func (f shellFx) wantUpstream(p peer.ID, c cid.Cid, t pb.Message_Wantlist_WantType) {
+	o := f.r.outLocked(p)
+	if o.reverse == nil {
+		o.reverse = newWantOutbox(p, f.r.front, f.r.log)
+	}
+	o.reverse.want(f.r.ctx, c, t, 0)
+}
+
+func (f shellFx) cancelUpstream(p peer.ID, c cid.Cid) {
+	if o := f.r.outs[p]; o != nil && o.reverse != nil {
+		o.reverse.cancel(f.r.ctx, c)
+	}
+}
+
+func (f shellFx) dontHaveNode(node peer.ID, cs []cid.Cid) {
+	f.r.nodeOutLocked(node).dontHave(f.r.ctx, cs)
+}
+
+func (f shellFx) blockNode(node peer.ID, b blocks.Block) {
+	f.r.nodeOutLocked(node).block(f.r.ctx, b)
+}

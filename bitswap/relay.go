@@ -75,11 +75,7 @@ type Relay struct {
 	fetches map[uint64]context.CancelFunc
 
 	// Reverse sessions (preload): see reverse.go.
-	sessions map[*session]struct{}
-	auth     map[cid.Cid]map[*session]struct{}
-	reverse  map[cid.Cid]*rwant
-	// upstreams finds the peers a preload caller could be (reverse.go).
-	upstreams upstreamPeers
+	rev *reverseSet
 
 	counters Counters
 	// gone hears the front host's disconnects (see Start).
@@ -98,13 +94,9 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 		outs:    make(map[peer.ID]*peerOut),
 		nodeOut: make(map[peer.ID]*wantOutbox),
 		fetches: make(map[uint64]context.CancelFunc),
-
-		sessions:  make(map[*session]struct{}),
-		auth:      make(map[cid.Cid]map[*session]struct{}),
-		reverse:   make(map[cid.Cid]*rwant),
-		upstreams: hostPeers{front.Host().Network()},
 	}
 	r.core = newCore(cfg, shellFx{r}, down, &r.counters)
+	r.rev = newReverseSet(hostPeers{front.Host().Network()}, shellFx{r}, &r.counters)
 	return r
 }
 
@@ -165,7 +157,7 @@ func (r *Relay) Close(ctx context.Context) error {
 func (r *Relay) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := Stats{Sessions: len(r.sessions), Authorised: len(r.auth), ReverseWants: len(r.reverse)}
+	s := Stats{Sessions: len(r.rev.sessions), Authorised: len(r.rev.auth), ReverseWants: len(r.rev.wants)}
 	r.core.stats(&s)
 	return s
 }
@@ -206,7 +198,7 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 	if replies {
 		// Blocks and presences from upstream only ever answer a reverse
 		// session's wants; anything else is dropped there.
-		r.fromUpstreamRepliesLocked(p, msg, links)
+		r.rev.replies(p, msg, links)
 	}
 	if len(entries) == 0 && !msg.Full() {
 		return
@@ -256,7 +248,7 @@ func (r *Relay) upstreamGone(p peer.ID) {
 		o.close()
 		delete(r.outs, p)
 	}
-	r.reversePeerGoneLocked(p)
+	r.rev.peerGone(p)
 	r.core.peerGone(p, time.Now())
 }
 
@@ -298,11 +290,11 @@ func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
 	// rather than let the node wait for a timeout.
 	var dont []cid.Cid
 	for _, e := range msg.Wantlist() {
-		switch s := r.sessionForLocked(from, e.Cid); {
+		switch s := r.rev.sessionFor(from, e.Cid); {
 		case e.Cancel:
-			r.reverseCancelLocked(from, e.Cid)
+			r.rev.cancel(from, e.Cid)
 		case s != nil:
-			r.reverseWantLocked(from, e, s)
+			r.rev.want(from, e, s)
 		case e.SendDontHave:
 			dont = append(dont, e.Cid)
 		}

@@ -29,6 +29,39 @@ const (
 	maxSessionCIDs = 1 << 18
 )
 
+// reverseSet holds the sessions and the fleet's wants they let through.
+// Its methods run under the relay's lock; it writes only through out and
+// learns who the caller could be only through peers.
+type reverseSet struct {
+	peers    upstreamPeers
+	out      reverseOut
+	counters *Counters
+
+	sessions map[*session]struct{}
+	auth     map[cid.Cid]map[*session]struct{}
+	wants    map[cid.Cid]*rwant
+}
+
+// reverseOut is how reverse sessions talk: Kitsune's own wants to
+// upstream peers, and answers to the fleet nodes that asked.
+type reverseOut interface {
+	wantUpstream(p peer.ID, c cid.Cid, t pb.Message_Wantlist_WantType)
+	// cancelUpstream withdraws a want sent with wantUpstream, if the
+	// peer is still there.
+	cancelUpstream(p peer.ID, c cid.Cid)
+	dontHaveNode(node peer.ID, cs []cid.Cid)
+	blockNode(node peer.ID, b blocks.Block)
+}
+
+func newReverseSet(peers upstreamPeers, out reverseOut, counters *Counters) *reverseSet {
+	return &reverseSet{
+		peers: peers, out: out, counters: counters,
+		sessions: make(map[*session]struct{}),
+		auth:     make(map[cid.Cid]map[*session]struct{}),
+		wants:    make(map[cid.Cid]*rwant),
+	}
+}
+
 type session struct {
 	root   cid.Cid
 	node   peer.ID
@@ -52,12 +85,10 @@ type rwant struct {
 func (r *Relay) BeginReverse(root cid.Cid, node peer.ID, client netip.Addr, grace time.Duration) (end func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.sessions) >= maxSessions || node == "" {
+	s := r.rev.begin(root, node, client)
+	if s == nil {
 		return func() {}
 	}
-	s := &session{root: root, node: node, client: client.Unmap(), cids: make(map[cid.Cid]struct{})}
-	r.sessions[s] = struct{}{}
-	r.authoriseLocked(s, root)
 	ended := false
 	return func() {
 		r.mu.Lock()
@@ -75,7 +106,7 @@ func (r *Relay) BeginReverse(root cid.Cid, node peer.ID, client netip.Addr, grac
 	}
 }
 
-func (r *Relay) authoriseLocked(s *session, c cid.Cid) {
+func (v *reverseSet) authorise(s *session, c cid.Cid) {
 	if len(s.cids) >= maxSessionCIDs {
 		return
 	}
@@ -83,10 +114,10 @@ func (r *Relay) authoriseLocked(s *session, c cid.Cid) {
 		return
 	}
 	s.cids[c] = struct{}{}
-	set := r.auth[c]
+	set := v.auth[c]
 	if set == nil {
 		set = make(map[*session]struct{}, 1)
-		r.auth[c] = set
+		v.auth[c] = set
 	}
 	set[s] = struct{}{}
 }
@@ -94,35 +125,51 @@ func (r *Relay) authoriseLocked(s *session, c cid.Cid) {
 func (r *Relay) endSession(s *session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.sessions[s]; !ok {
+	r.rev.end(s)
+}
+
+// begin opens a session, or returns nil when there are too many.
+func (v *reverseSet) begin(root cid.Cid, node peer.ID, client netip.Addr) *session {
+	if len(v.sessions) >= maxSessions || node == "" {
+		return nil
+	}
+	s := &session{root: root, node: node, client: client.Unmap(), cids: make(map[cid.Cid]struct{})}
+	v.sessions[s] = struct{}{}
+	v.authorise(s, root)
+	return s
+}
+
+// end closes a session; wants no session covers any more are withdrawn.
+func (v *reverseSet) end(s *session) {
+	if _, ok := v.sessions[s]; !ok {
 		return
 	}
-	delete(r.sessions, s)
+	delete(v.sessions, s)
 	for c := range s.cids {
-		if set := r.auth[c]; set != nil {
+		if set := v.auth[c]; set != nil {
 			delete(set, s)
 			if len(set) == 0 {
-				delete(r.auth, c)
+				delete(v.auth, c)
 			}
 		}
 	}
 	// Wants no session covers any more are withdrawn upstream.
-	for c, rw := range r.reverse {
+	for c, rw := range v.wants {
 		for n := range rw.nodes {
-			if r.sessionForLocked(n, c) == nil {
+			if v.sessionFor(n, c) == nil {
 				delete(rw.nodes, n)
 			}
 		}
 		if len(rw.nodes) == 0 {
-			r.dropReverseLocked(rw)
-			delete(r.reverse, c)
+			v.drop(rw)
+			delete(v.wants, c)
 		}
 	}
 }
 
 // sessionForLocked returns a session that authorises node to want c.
-func (r *Relay) sessionForLocked(node peer.ID, c cid.Cid) *session {
-	for s := range r.auth[c] {
+func (v *reverseSet) sessionFor(node peer.ID, c cid.Cid) *session {
+	for s := range v.auth[c] {
 		if s.node == node {
 			return s
 		}
@@ -134,8 +181,8 @@ func (r *Relay) sessionForLocked(node peer.ID, c cid.Cid) *session {
 // it goes first to the upstream peers at the refs caller's address, and
 // otherwise as want-have to every upstream peer, want-block to the first
 // that says HAVE.
-func (r *Relay) reverseWantLocked(node peer.ID, e bsmsg.Entry, s *session) {
-	rw := r.reverse[e.Cid]
+func (v *reverseSet) want(node peer.ID, e bsmsg.Entry, s *session) {
+	rw := v.wants[e.Cid]
 	if rw != nil {
 		rw.nodes[node] = wanter{wantType: e.WantType, sendDontHave: e.SendDontHave}
 		return
@@ -150,18 +197,18 @@ func (r *Relay) reverseWantLocked(node peer.ID, e bsmsg.Entry, s *session) {
 	// Only a peer the preload caller could be is asked: one connected
 	// from the caller's address. Asking every upstream peer told each of
 	// them which DAG the caller was adding.
-	same := r.upstreams.PeersAt(s.client)
+	same := v.peers.PeersAt(s.client)
 	if len(same) == 0 {
-		r.reverseMissLocked(rw)
+		v.miss(rw)
 		return
 	}
 	for _, p := range same {
-		r.upstreamWantsLocked(p).want(r.ctx, e.Cid, pb.Message_Wantlist_Block, 0)
+		v.out.wantUpstream(p, e.Cid, pb.Message_Wantlist_Block)
 		rw.asked[p] = true
 	}
 	rw.placed = true
-	r.reverse[e.Cid] = rw
-	r.counters.ReverseWants.Add(1)
+	v.wants[e.Cid] = rw
+	v.counters.ReverseWants.Add(1)
 }
 
 // upstreamPeers finds the upstream peers a preload caller could be.
@@ -200,58 +247,46 @@ func peerAt(n network.Network, p peer.ID, addr netip.Addr) bool {
 	return false
 }
 
-// upstreamWantsLocked is the outbox for wants Kitsune itself sends to an
-// upstream peer.
-func (r *Relay) upstreamWantsLocked(p peer.ID) *wantOutbox {
-	u := r.outLocked(p)
-	if u.reverse == nil {
-		u.reverse = newWantOutbox(p, r.front, r.log)
-	}
-	return u.reverse
-}
-
 // reverseMissLocked answers the fleet nodes that asked for DONT_HAVE.
-func (r *Relay) reverseMissLocked(rw *rwant) {
+func (v *reverseSet) miss(rw *rwant) {
 	for n, wr := range rw.nodes {
 		if wr.sendDontHave {
-			r.nodeOutLocked(n).dontHave(r.ctx, []cid.Cid{rw.c})
+			v.out.dontHaveNode(n, []cid.Cid{rw.c})
 		}
 	}
 }
 
 // dropReverseLocked cancels rw at every upstream peer it was sent to.
-func (r *Relay) dropReverseLocked(rw *rwant) {
+func (v *reverseSet) drop(rw *rwant) {
 	for p := range rw.asked {
-		if u := r.outs[p]; u != nil && u.reverse != nil {
-			u.reverse.cancel(r.ctx, rw.c)
-		}
+		v.out.cancelUpstream(p, rw.c)
 	}
 }
 
-func (r *Relay) reverseCancelLocked(node peer.ID, c cid.Cid) {
-	rw := r.reverse[c]
+func (v *reverseSet) cancel(node peer.ID, c cid.Cid) {
+	rw := v.wants[c]
 	if rw == nil {
 		return
 	}
 	delete(rw.nodes, node)
 	if len(rw.nodes) == 0 {
-		r.dropReverseLocked(rw)
-		delete(r.reverse, c)
+		v.drop(rw)
+		delete(v.wants, c)
 	}
 }
 
 // fromUpstreamReplies handles blocks and presences an upstream peer sent in
 // answer to reverse wants; anything else from upstream is ignored.
-func (r *Relay) fromUpstreamRepliesLocked(p peer.ID, msg bsmsg.BitSwapMessage, links map[cid.Cid][]cid.Cid) {
+func (v *reverseSet) replies(p peer.ID, msg bsmsg.BitSwapMessage, links map[cid.Cid][]cid.Cid) {
 	for _, b := range msg.Blocks() {
-		rw := r.reverse[b.Cid()]
+		rw := v.wants[b.Cid()]
 		if rw == nil {
 			continue
 		}
-		r.reverseBlockLocked(rw, b, links[b.Cid()])
+		v.block(rw, b, links[b.Cid()])
 	}
 	for _, c := range msg.Haves() {
-		rw := r.reverse[c]
+		rw := v.wants[c]
 		if rw == nil {
 			continue
 		}
@@ -262,11 +297,11 @@ func (r *Relay) fromUpstreamRepliesLocked(p peer.ID, msg bsmsg.BitSwapMessage, l
 		if !rw.placed {
 			rw.placed = true
 			rw.asked[p] = true
-			r.upstreamWantsLocked(p).want(r.ctx, c, pb.Message_Wantlist_Block, 0)
+			v.out.wantUpstream(p, c, pb.Message_Wantlist_Block)
 		}
 	}
 	for _, c := range msg.DontHaves() {
-		rw := r.reverse[c]
+		rw := v.wants[c]
 		if rw == nil {
 			continue
 		}
@@ -275,52 +310,52 @@ func (r *Relay) fromUpstreamRepliesLocked(p peer.ID, msg bsmsg.BitSwapMessage, l
 		}
 		rw.dont[p] = struct{}{}
 		delete(rw.haves, p)
-		r.reverseRetryLocked(rw, p)
+		v.retry(rw, p)
 	}
 }
 
 // reverseRetryLocked moves a want-block off peer p that cannot serve it,
 // to another peer that said HAVE, or gives up when every peer asked said
 // DONT_HAVE.
-func (r *Relay) reverseRetryLocked(rw *rwant, p peer.ID) {
+func (v *reverseSet) retry(rw *rwant, p peer.ID) {
 	if rw.asked[p] {
 		rw.placed = false
 		for q := range rw.haves {
 			rw.placed = true
 			rw.asked[q] = true
-			r.upstreamWantsLocked(q).want(r.ctx, rw.c, pb.Message_Wantlist_Block, 0)
+			v.out.wantUpstream(q, rw.c, pb.Message_Wantlist_Block)
 			break
 		}
 	}
 	if len(rw.dont) < len(rw.asked) {
 		return
 	}
-	r.reverseMissLocked(rw)
-	r.dropReverseLocked(rw)
-	delete(r.reverse, rw.c)
+	v.miss(rw)
+	v.drop(rw)
+	delete(v.wants, rw.c)
 }
 
 // reverseBlockLocked delivers a block from upstream to the fleet nodes that
 // want it and authorises its links in their sessions. Its CID was computed
 // from its bytes when the message was parsed, so it is the block wanted.
-func (r *Relay) reverseBlockLocked(rw *rwant, b blocks.Block, links []cid.Cid) {
+func (v *reverseSet) block(rw *rwant, b blocks.Block, links []cid.Cid) {
 	for n := range rw.nodes {
-		r.nodeOutLocked(n).block(r.ctx, b)
-		r.counters.ReverseBlocks.Add(1)
-		r.counters.ReverseBytes.Add(uint64(len(b.RawData())))
-		if s := r.sessionForLocked(n, rw.c); s != nil {
+		v.out.blockNode(n, b)
+		v.counters.ReverseBlocks.Add(1)
+		v.counters.ReverseBytes.Add(uint64(len(b.RawData())))
+		if s := v.sessionFor(n, rw.c); s != nil {
 			for _, l := range links {
-				r.authoriseLocked(s, l)
+				v.authorise(s, l)
 			}
 		}
 	}
 	for p, block := range rw.asked {
 		// Cancel where it was asked and not just answered with it.
-		if u := r.outs[p]; u != nil && u.reverse != nil && (!block || len(rw.asked) > 1) {
-			u.reverse.cancel(r.ctx, rw.c)
+		if !block || len(rw.asked) > 1 {
+			v.out.cancelUpstream(p, rw.c)
 		}
 	}
-	delete(r.reverse, rw.c)
+	delete(v.wants, rw.c)
 }
 
 // reverseLinks decodes the links of the blocks from upstream that a
@@ -332,7 +367,7 @@ func (r *Relay) reverseLinks(bs []blocks.Block) map[cid.Cid][]cid.Cid {
 	r.mu.Lock()
 	var wanted []blocks.Block
 	for _, b := range bs {
-		if r.reverse[b.Cid()] != nil {
+		if r.rev.wants[b.Cid()] != nil {
 			wanted = append(wanted, b)
 		}
 	}
@@ -352,13 +387,13 @@ func (r *Relay) reverseLinks(bs []blocks.Block) map[cid.Cid][]cid.Cid {
 }
 
 // reversePeerGoneLocked forgets an upstream peer that disconnected.
-func (r *Relay) reversePeerGoneLocked(p peer.ID) {
-	for _, rw := range r.reverse {
+func (v *reverseSet) peerGone(p peer.ID) {
+	for _, rw := range v.wants {
 		if _, ok := rw.asked[p]; !ok {
 			continue
 		}
 		rw.dont[p] = struct{}{}
 		delete(rw.haves, p)
-		r.reverseRetryLocked(rw, p)
+		v.retry(rw, p)
 	}
 }
