@@ -105,7 +105,8 @@ func (r RelayConfig) resources() relayv2.Resources {
 // private network only TCP and WebSocket remain, and a listen address for
 // any other transport is an error rather than silently dropped. No NAT
 // traversal, no DHT: Kitsune is a server with a known address, and a DHT
-// would leak one swarm into the other.
+// would leak one swarm into the other (StartPrivateDHT adds one to a
+// private front host only).
 func NewFront(cfg FrontConfig) (host.Host, error) {
 	if err := CheckListenAddrs(cfg.ListenAddrs, len(cfg.PSK) > 0, cfg.TLS != nil); err != nil {
 		return nil, fmt.Errorf("front host: %w", err)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/x/rate"
 )
@@ -128,6 +129,14 @@ func (l Limits) resourceManager() (network.ResourceManager, error) {
 		PeerDefault:         all(0, l.StreamsPerPeer),
 		ServicePeerDefault:  all(0, l.StreamsPerPeer),
 		ProtocolPeerDefault: all(0, l.StreamsPerPeer),
+		// The private DHT (--private-dht), when it runs: its own budget,
+		// so lookups cannot crowd out Bitswap.
+		Protocol: map[protocol.ID]rcmgr.ResourceLimits{
+			DHTProtocol: all(0, dhtStreams), DHTLANProtocol: all(0, dhtStreams),
+		},
+		ProtocolPeer: map[protocol.ID]rcmgr.ResourceLimits{
+			DHTProtocol: all(0, dhtStreamsPerPeer), DHTLANProtocol: all(0, dhtStreamsPerPeer),
+		},
 	}
 	limits := partial.Build(scaling.AutoScale())
 

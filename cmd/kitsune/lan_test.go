@@ -276,6 +276,13 @@ type nsKubo struct {
 
 func startNSKubo(t *testing.T, ns string, initArgs []string, cfg map[string]any) *nsKubo {
 	t.Helper()
+	return startNSKuboKey(t, ns, nil, initArgs, cfg)
+}
+
+// startNSKuboKey is startNSKubo with a swarm.key (a private network) when
+// swarmKey is not nil.
+func startNSKuboKey(t *testing.T, ns string, swarmKey []byte, initArgs []string, cfg map[string]any) *nsKubo {
+	t.Helper()
 	k := &nsKubo{ns: ns, dir: t.TempDir()}
 	k.env = []string{"IPFS_PATH=" + k.dir, "IPFS_TELEMETRY=off"}
 	bin := kubotest.Binary(t)
@@ -312,6 +319,11 @@ func startNSKubo(t *testing.T, ns string, initArgs []string, cfg map[string]any)
 	}
 	if err := os.WriteFile(file, raw, 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if swarmKey != nil {
+		if err := os.WriteFile(filepath.Join(k.dir, "swarm.key"), swarmKey, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	k.proc = startNS(t, ns, k.env, bin, "daemon")
 	k.proc.waitLine(t, "Daemon is ready", 90*time.Second)

@@ -46,6 +46,7 @@ type runCmd struct {
 	adminFlags   `embed:"" group:"admin"`
 	mdnsFlags    `embed:"" group:"front"`
 	geoipFlags   `embed:"" group:"admin"`
+	dhtFlags     `embed:"" group:"front"`
 
 	LogLevel string `group:"admin" env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }

@@ -39,6 +39,7 @@ type config struct {
 	Admin      adminConfig
 	MDNS       bool
 	GeoIP      *geoip.DB
+	DHT        *proxy.PrivateDHTConfig
 }
 
 func (c *runCmd) config() (config, error) {
@@ -104,6 +105,9 @@ func (c *runCmd) config() (config, error) {
 		return config{}, err
 	}
 	if cfg.GeoIP, err = c.geoipFlags.config(); err != nil {
+		return config{}, err
+	}
+	if cfg.DHT, err = c.dhtFlags.config(cfg.Front); err != nil {
 		return config{}, err
 	}
 	if len(cfg.Listen) == 0 {
@@ -225,6 +229,16 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		}
 	}
 
+	var privDHT io.Closer = nopCloser{}
+	if cfg.DHT != nil {
+		if privDHT, err = proxy.StartPrivateDHT(front, *cfg.DHT); err != nil {
+			_ = lan.Close()
+			front.Close()
+			back.Close()
+			return nil, err
+		}
+	}
+
 	runCtx, cancel := context.WithCancel(ctx)
 	relay.Start(runCtx)
 	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, http: web, geo: geo, done: make(chan struct{})}
@@ -265,6 +279,13 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	if cfg.MDNS {
 		fmt.Fprintln(out, "Announcing on the local network by mDNS")
 	}
+	if cfg.DHT != nil {
+		what := "peer records only"
+		if cfg.DHT.AllRecords {
+			what = "peer, provider and value records"
+		}
+		fmt.Fprintf(out, "Private DHT server on the upstream side (%s)\n", what)
+	}
 	if pre != nil {
 		fmt.Fprintf(out, "Preload API (POST /api/v0/refs) on %s\n", pre.URL())
 	}
@@ -290,6 +311,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 				ccancel()
 				cancel()
 				_ = lan.Close()
+				_ = privDHT.Close()
 				front.Close()
 				wg.Wait()
 				back.Close()

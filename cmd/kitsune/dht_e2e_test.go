@@ -1,0 +1,139 @@
+package main
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestPrivateDHT: three Kubo nodes holding the swarm key, Routing.Type
+// dht, bootstrapping only to Kitsune (--psk-file, --private-dht): node A
+// learns node B's address through Kitsune's DHT and connects to it; a
+// fourth node without the key is refused; the public fleet behind
+// Kitsune never sees a DHT protocol on Kitsune's back host nor learns of
+// the private members.
+//
+// The LAN uses 10.44.0.0/24 inside namespaces joined to nothing else:
+// Kubo's DHT puts peers with private addresses in its LAN table and peers
+// with public ones in its WAN table, and the documentation ranges are
+// neither, so no Kubo DHT works on them at all.
+func TestPrivateDHT(t *testing.T) {
+	bin := buildBinary(t)
+	l := newLAN(t, "10.44.0.1/24", "10.44.0.2/24", "10.44.0.3/24", "10.44.0.4/24", "10.44.0.5/24")
+	kns := l.members[0]
+
+	keyHex := hex.EncodeToString(randomBytes(t, 32))
+	swarmKey := []byte("/key/swarm/psk/1.0.0/\n/base16/\n" + keyHex + "\n")
+	pskFile := filepath.Join(t.TempDir(), "swarm.key")
+	if err := os.WriteFile(pskFile, swarmKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The public fleet runs a DHT of its own, so it would use one on
+	// Kitsune's back host if it were offered.
+	fleet := startNSKubo(t, kns, []string{"--profile=test"}, map[string]any{
+		"Addresses.API":          "/ip4/127.0.0.1/tcp/5001",
+		"Addresses.Gateway":      []string{},
+		"Addresses.Swarm":        []string{"/ip4/127.0.0.1/tcp/4001"},
+		"Discovery.MDNS.Enabled": false,
+		"Bootstrap":              []string{},
+		"Routing.Type":           "dht",
+	})
+	k := startNS(t, kns, nil, bin, "-d", "/ip4/127.0.0.1/tcp/5001", "-l", "/ip4/0.0.0.0/tcp/4101", "-w", "",
+		"--admin", "off", "-k", filepath.Join(t.TempDir(), "kitsune.key"), "--psk-file", pskFile, "--private-dht")
+	kid := strings.TrimPrefix(k.waitLine(t, "Kitsune peer ID ", 60*time.Second), "Kitsune peer ID ")
+	backID := strings.Fields(strings.TrimPrefix(k.waitLine(t, "Back host peer ID ", 10*time.Second), "Back host peer ID "))[0]
+	k.waitLine(t, "Private DHT server on the upstream side (peer records only)", 10*time.Second)
+	kaddr := "/ip4/10.44.0.1/tcp/4101/p2p/" + kid
+
+	member := func(i int, key []byte) *nsKubo {
+		return startNSKuboKey(t, l.members[i], key, nil, map[string]any{
+			// TCP only: go-libp2p carries a PSK over TCP and WebSocket.
+			"Addresses.Swarm":        []string{"/ip4/0.0.0.0/tcp/4001"},
+			"Bootstrap":              []string{kaddr},
+			"Routing.Type":           "dht",
+			"Discovery.MDNS.Enabled": false, // found through the DHT, not by mDNS
+			"AutoConf.Enabled":       false, // Kubo refuses mainnet AutoConf with a swarm key
+		})
+	}
+	a, b, c := member(1, swarmKey), member(2, swarmKey), member(3, swarmKey)
+	for _, n := range []*nsKubo{a, b, c} {
+		eventually(t, 60*time.Second, "a member connected to Kitsune", func() bool { return n.connectedTo(t, kid) })
+	}
+	// With mDNS off and Kitsune as the only bootstrap peer, the DHT is the
+	// only way A can learn of B. Kubo's DHT bootstrap already looks up its
+	// own ID, which can bring B's address (and a connection) before the
+	// explicit lookup below.
+	t.Logf("A connected to B after the DHT bootstrap alone: %v", a.connectedTo(t, b.ID))
+
+	// A asks the DHT where B is. Kitsune's routing table fills as members
+	// connect; a lookup before B has shown up there may find nothing, so
+	// it is retried a few times.
+	var found string
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, err := a.ipfs(testCtx(t, 30*time.Second), "routing", "findpeer", "--timeout=20s", b.ID)
+		if err == nil && strings.Contains(string(out), "/ip4/10.44.0.3/tcp/4001") {
+			found = strings.TrimSpace(string(out))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("A could not find B through the DHT: %v\n%s", err, out)
+		}
+		time.Sleep(2 * time.Second)
+	}
+	t.Logf("A found B at: %s", strings.ReplaceAll(found, "\n", " "))
+	a.mustIPFS(t, "swarm", "connect", "/ip4/10.44.0.3/tcp/4001/p2p/"+b.ID)
+	if !a.connectedTo(t, b.ID) {
+		t.Fatal("A is not connected to B after connecting to the address the DHT gave")
+	}
+	protos := peerProtocols(t, a, kid)
+	if !slices.Contains(protos, "/ipfs/lan/kad/1.0.0") || !slices.Contains(protos, "/ipfs/kad/1.0.0") {
+		t.Errorf("Kitsune's front host does not offer the DHT protocols to members: %v", protos)
+	}
+
+	// A node without the key cannot connect.
+	d := member(4, nil)
+	if out, err := d.ipfs(testCtx(t, 40*time.Second), "swarm", "connect", "--timeout=20s", kaddr); err == nil {
+		t.Fatalf("a node without the swarm key connected to Kitsune: %s", out)
+	}
+	if d.connectedTo(t, kid) {
+		t.Fatal("the node without the key is connected to Kitsune")
+	}
+
+	// The public side: the fleet sees no DHT on the back host and cannot
+	// find the private members.
+	protos = peerProtocols(t, fleet, backID)
+	if len(protos) == 0 {
+		t.Fatal("the fleet node knows no protocols of Kitsune's back host")
+	}
+	for _, p := range protos {
+		if strings.Contains(p, "/kad/") {
+			t.Errorf("the back host offers %s to the public fleet", p)
+		}
+	}
+	if out, err := fleet.ipfs(testCtx(t, 30*time.Second), "routing", "findpeer", "--timeout=10s", a.ID); err == nil {
+		t.Errorf("the public fleet found private member A: %s", out)
+	}
+	for _, line := range strings.Split(fleet.mustIPFS(t, "swarm", "peers"), "\n") {
+		if line != "" && !strings.HasSuffix(line, "/p2p/"+backID) {
+			t.Errorf("the fleet is connected to something besides Kitsune's back host: %s", line)
+		}
+	}
+}
+
+// peerProtocols is what node n's peerstore holds as p's protocols
+// (from identify).
+func peerProtocols(t *testing.T, n *nsKubo, p string) []string {
+	t.Helper()
+	var id struct{ Protocols []string }
+	if err := json.Unmarshal([]byte(n.mustIPFS(t, "id", "--enc=json", p)), &id); err != nil {
+		t.Fatal(err)
+	}
+	return id.Protocols
+}
