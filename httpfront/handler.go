@@ -10,7 +10,6 @@ import (
 
 	"github.com/ipfs/boxo/routing/http/server"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 )
 
 // Defaults for Config.
@@ -35,7 +34,6 @@ type Config struct {
 	// Observe, when set, hears how each providers answer was reached and
 	// how long deciding took.
 	Observe func(Outcome, time.Duration)
-	Log     *zap.Logger
 }
 
 // RoutingPrefix is the path every routing request starts with.
@@ -89,10 +87,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p := r.URL.Path
 	switch {
 	case strings.HasPrefix(p, RoutingPrefix+"providers/"), strings.HasPrefix(p, RoutingPrefix+"peers/"):
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if r.Method != http.MethodGet {
 			// PUT /providers (IPIP-526, deprecated) is not taken: the
 			// fleet's content is announced by Kitsune, not by callers.
-			w.Header().Set("Allow", "GET, HEAD, OPTIONS")
+			w.Header().Set("Allow", "GET, OPTIONS")
 			http.Error(w, "method not allowed: only GET is served", http.StatusMethodNotAllowed)
 			return
 		}

@@ -6,7 +6,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,6 +38,14 @@ type front struct {
 	url   string
 	self  Self
 	check *fakeChecker
+	mu    *sync.Mutex
+	seen  *[]Outcome // what Observe heard
+}
+
+func (f front) outcomes() []Outcome {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(*f.seen)
 }
 
 func startFront(t *testing.T, fc *fakeChecker, maxPerIP int) front {
@@ -47,13 +57,19 @@ func startFront(t *testing.T, fc *fakeChecker, maxPerIP int) front {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := New(Config{Self: self, Holdings: hold, MaxPerIP: maxPerIP})
+	var mu sync.Mutex
+	var seen []Outcome
+	h, err := New(Config{Self: self, Holdings: hold, MaxPerIP: maxPerIP, Observe: func(o Outcome, _ time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, o)
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return front{url: srv.URL, self: self, check: fc}
+	return front{url: srv.URL, self: self, check: fc, mu: &mu, seen: &seen}
 }
 
 func readAll[T any](t *testing.T, it iter.ResultIter[T]) []T {
@@ -146,6 +162,9 @@ func TestBoxoClientReadsProvidersAndPeers(t *testing.T) {
 	if n := f.check.calls.Load(); n != 2 {
 		t.Fatalf("node asked %d times, want 2", n)
 	}
+	if got, want := f.outcomes(), []Outcome{Asked, Asked, Cached, Cached}; !slices.Equal(got, want) {
+		t.Fatalf("observed %v, want %v", got, want)
+	}
 }
 
 func TestBadInputNeverReachesANode(t *testing.T) {
@@ -160,6 +179,7 @@ func TestBadInputNeverReachesANode(t *testing.T) {
 		{"GET", "/routing/v1/peers/not-a-peer!", 400, "unable to parse PeerID"},
 		{"PUT", "/routing/v1/providers/", 405, "only GET"},
 		{"POST", "/routing/v1/providers/" + testCID(t, 1).String(), 405, "only GET"},
+		{"HEAD", "/routing/v1/providers/" + testCID(t, 1).String(), 405, ""},
 		{"GET", "/routing/v1/ipns/k51qzi5uqu5dlvj2baxnqndepeb86cbk3ng7n3i46uzyxzyqj2xjonzllnv0v8", 501, "not implemented"},
 		{"PUT", "/routing/v1/ipns/k51qzi5uqu5dlvj2baxnqndepeb86cbk3ng7n3i46uzyxzyqj2xjonzllnv0v8", 501, "not implemented"},
 		{"GET", "/routing/v1/dht/closest/peers/" + testCID(t, 1).String(), 501, "not implemented"},

@@ -87,7 +87,13 @@ func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, reg prome
 		MaxPerIP: cfg.MaxPerIP,
 		Timeout:  cfg.Timeout,
 		Registry: reg,
-		Log:      log,
+		Observe: func(o httpfront.Outcome, d time.Duration) {
+			if o == httpfront.Unsure {
+				// No node could say (none healthy, errors, timeouts):
+				// the client was told "no provider" this time.
+				log.Debug("providers: no fleet node answered", zap.Duration("took", d))
+			}
+		},
 	})
 	if err != nil {
 		return nil, err
