@@ -41,11 +41,13 @@ $(HELIA_STAMP): $(HELIA_DIR)/package.json $(HELIA_DIR)/package-lock.json
 	touch $@
 
 # Stock js-ipfs (ipfs-core 0.18.1) as deployed apps ship it, from npm; it
-# runs on the Node 22 that `make helia` installs.
+# runs on the Node 22 that `make helia` installs. No install scripts:
+# classic-level's would rebuild its native module with node-gyp (which
+# fetches Node headers); the prebuilt one it ships is what runs.
 jsipfs: $(JSIPFS_STAMP)
 
 $(JSIPFS_STAMP): $(JSIPFS_DIR)/package.json $(JSIPFS_DIR)/package-lock.json
-	npm ci --prefix $(JSIPFS_DIR) --no-audit --no-fund
+	npm ci --prefix $(JSIPFS_DIR) --no-audit --no-fund --ignore-scripts
 	touch $@
 
 # Helia for the browser test: pinned packages and esbuild, from npm. The
