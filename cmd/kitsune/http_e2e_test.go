@@ -17,6 +17,7 @@ import (
 	"github.com/ipfs/boxo/routing/http/types/iter"
 	"github.com/ipfs/go-cid"
 	"github.com/ipfs/kubo/core/coreiface/options"
+	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	mh "github.com/multiformats/go-multihash"
 
@@ -243,4 +244,41 @@ func TestHeliaFindsKitsuneByDelegatedRouting(t *testing.T) {
 	}
 	t.Logf("helia found Kitsune by /routing/v1 and fetched %d bytes in %d ms", res.Bytes, res.MS)
 	waitRelayEmpty(t, k)
+}
+
+// A Kubo client whose only router is Kitsune's /routing/v1
+// (Routing.Type=delegated), with no bootstrap peers and no swarm connect,
+// finds Kitsune as the provider of a file one fleet node holds and fetches
+// it through it.
+func TestKuboFindsKitsuneByDelegatedRouting(t *testing.T) {
+	a := kubotest.Start(t, kubotest.Options{})
+	b := kubotest.Start(t, kubotest.Options{})
+	ctx := testCtx(t, 3*time.Minute)
+	file := randomBytes(t, 3<<20)
+	fileCID, err := b.AddBytes(ctx, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKitsune(t, []*kubotest.Node{a, b}, func(c *runCmd) { c.HTTP = "127.0.0.1:0" })
+	eventually(t, 30*time.Second, "both nodes healthy", func() bool { return k.pool.HealthyCount() == 2 })
+	client := kubotest.Start(t, kubotest.Options{Config: map[string]any{
+		"Routing.Type":             "delegated",
+		"Routing.DelegatedRouters": []string{k.http.URL()},
+		"Ipns.DelegatedPublishers": []string{},
+		"Provide.Enabled":          false, // delegated routing cannot provide
+	}})
+	got, err := client.Cat(ctx, "/ipfs/"+fileCID.String())
+	if err != nil {
+		t.Fatalf("kubo client cat through delegated routing: %v", err)
+	}
+	if !bytes.Equal(got, file) {
+		t.Fatalf("kubo client got %d bytes, not the file", len(got))
+	}
+	peers, err := client.Peers(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(peers, []peer.ID{k.front.ID()}) {
+		t.Fatalf("kubo client connected to %v, want Kitsune %s alone", peers, k.front.ID())
+	}
 }
