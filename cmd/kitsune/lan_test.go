@@ -372,3 +372,38 @@ func (k *nsKubo) connectedTo(t *testing.T, id string) bool {
 	}
 	return false
 }
+
+// A namespace left by a test binary that was killed (its PID is gone) is
+// removed by the next run's sweep; one of a running process is kept.
+func TestSweepStaleNamespaces(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root to make network namespaces")
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("%s%d-0-hub", lanPrefix, dead.Process.Pid)
+	live := fmt.Sprintf("%s%d-0-hub", lanPrefix, os.Getppid()) // go test itself: running
+	for _, ns := range []string{stale, live} {
+		if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+			t.Fatalf("ip netns add %s: %v %s", ns, err, out)
+		}
+	}
+	t.Cleanup(func() {
+		for _, ns := range []string{stale, live} {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	sweepStaleNamespaces(t)
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), stale) {
+		t.Errorf("the stale namespace %s survived the sweep", stale)
+	}
+	if !strings.Contains(string(out), live) {
+		t.Errorf("the sweep removed %s, whose process is running", live)
+	}
+}
