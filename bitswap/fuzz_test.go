@@ -14,15 +14,15 @@ import (
 	bsnetiface "github.com/ipfs/boxo/bitswap/network"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/protocol/ping"
-	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/libp2p/go-msgio"
 	mh "github.com/multiformats/go-multihash"
 	"go.uber.org/zap"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 // FuzzRelayMessages feeds raw Bitswap message bytes, parsed exactly as
@@ -61,15 +61,7 @@ type fuzzFixture struct {
 	root  blocks.Block
 }
 
-func fuzzHost(tb testing.TB) host.Host {
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"), libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.ResourceManager(&network.NullResourceManager{}), libp2p.DisableRelay(), libp2p.DisableMetrics())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = h.Close() })
-	return h
-}
+func fuzzHost(tb testing.TB) host.Host { return testkit.Host(tb, "/ip4/127.0.0.1/tcp/0") }
 
 func newFuzzFixture(tb testing.TB) *fuzzFixture {
 	fx := &fuzzFixture{hub: fuzzHost(tb), root: fuzzRoot()}

@@ -22,37 +22,20 @@ import (
 	"github.com/ipfs/boxo/bitswap/network/bsnet"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	mh "github.com/multiformats/go-multihash"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/kitsune-lb/kitsune/downstream"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 // ---- hosts, blocks, waiting ----
 
-func newHost(t *testing.T) host.Host {
-	t.Helper()
-	h, err := libp2p.New(
-		libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
-		libp2p.Transport(tcp.NewTCPTransport),
-		// Every host here shares 127.0.0.1; the default limits allow only
-		// a few connections per IP.
-		libp2p.ResourceManager(&network.NullResourceManager{}),
-		libp2p.DisableRelay(),
-		libp2p.DisableMetrics(),
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = h.Close() })
-	return h
-}
+func newHost(t *testing.T) host.Host { return testkit.Host(t, "/ip4/127.0.0.1/tcp/0") }
 
 func connect(t *testing.T, from, to host.Host) {
 	t.Helper()
@@ -92,13 +75,7 @@ func missingCids(t *testing.T, n int) []cid.Cid {
 // eventually polls cond until it holds or d passes.
 func eventually(t *testing.T, d time.Duration, what func() string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, d, what, cond)
 }
 
 // holds checks that cond stays true for d.

@@ -16,6 +16,8 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 func writeFile(t *testing.T, content string) string {
@@ -410,13 +412,7 @@ func poolURLs(p *Pool) []string {
 // waitFor polls cond until it holds or the time is up.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, d, testkit.Say(what), cond)
 }
 
 // waitQueries waits until the server has seen n more queries, so a Watch

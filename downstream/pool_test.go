@@ -12,10 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 // ---- pool without any Kubo ----
@@ -211,15 +212,7 @@ func newFakeKubo(t *testing.T) *fakeKubo {
 	return k
 }
 
-func newListeningHost(t *testing.T) host.Host {
-	t.Helper()
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
+func newListeningHost(t *testing.T) host.Host { return testkit.Host(t, "/ip4/127.0.0.1/tcp/0") }
 
 func (k *fakeKubo) url() string { return k.srv.URL }
 

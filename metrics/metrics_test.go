@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
@@ -24,6 +23,8 @@ import (
 	"github.com/kitsune-lb/kitsune/bitswap"
 	"github.com/kitsune-lb/kitsune/downstream"
 	"github.com/kitsune-lb/kitsune/preload"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 type fakeRelay struct {
@@ -266,19 +267,7 @@ func TestTransport(t *testing.T) {
 	}
 }
 
-func newHost(t *testing.T, listen ...string) host.Host {
-	t.Helper()
-	opt := libp2p.ListenAddrStrings(listen...)
-	if len(listen) == 0 {
-		opt = libp2p.NoListenAddrs
-	}
-	h, err := libp2p.New(opt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
+func newHost(t *testing.T, listen ...string) host.Host { return testkit.Host(t, listen...) }
 
 // Real libp2p connections are counted by transport, once per peer.
 func TestUpstreamPeersByTransport(t *testing.T) {

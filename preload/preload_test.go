@@ -20,6 +20,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multihash"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 // fakeKubo stands in for a node's RPC API and records what reaches it.
@@ -796,11 +798,5 @@ func TestPreloadNewRejects(t *testing.T) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, testkit.Say(what), cond)
 }

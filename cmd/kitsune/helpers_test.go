@@ -16,6 +16,8 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 // startKitsune runs Kitsune in-process in front of nodes, listening on
@@ -111,13 +113,8 @@ func randomBytes(t *testing.T, n int) []byte {
 
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	// Conditions here often ask a Kubo node over RPC: look every 50 ms.
+	testkit.EventuallyEvery(t, within, 50*time.Millisecond, testkit.Say(what), cond)
 }
 
 // waitRelayEmpty waits until no want is left in Kitsune's table.
