@@ -10,6 +10,8 @@ import (
 
 	"github.com/ipfs/boxo/routing/http/server"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kitsune-lb/kitsune/preload"
 )
 
 // Defaults for Config.
@@ -31,6 +33,9 @@ type Config struct {
 	// Registry receives boxo's HTTP metrics; a private registry when nil
 	// (boxo would otherwise register on the global one).
 	Registry prometheus.Registerer
+	// TrustedProxies are the peers whose X-Forwarded-For names the client
+	// (for the per-IP limit); from anyone else it is ignored.
+	TrustedProxies []netip.Prefix
 	// Observe, when set, hears how each providers answer was reached and
 	// how long deciding took.
 	Observe func(Outcome, time.Duration)
@@ -43,6 +48,7 @@ const RoutingPrefix = "/routing/v1/"
 type Handler struct {
 	routing http.Handler
 	limit   *limiter
+	trusted []netip.Prefix
 }
 
 // New checks cfg and returns a Handler.
@@ -69,7 +75,8 @@ func New(cfg Config) (*Handler, error) {
 			server.WithPrometheusRegistry(cfg.Registry),
 			server.WithRecordsLimit(server.DefaultRecordsLimit),
 		),
-		limit: newLimiter(cfg.MaxPerIP),
+		limit:   newLimiter(cfg.MaxPerIP),
+		trusted: cfg.TrustedProxies,
 	}, nil
 }
 
@@ -101,7 +108,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	release, ok := h.limit.acquire(remoteIP(r))
+	release, ok := h.limit.acquire(preload.ClientIP(r, h.trusted))
 	if !ok {
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "too many concurrent requests from your address", http.StatusTooManyRequests)
@@ -109,14 +116,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	h.routing.ServeHTTP(w, r)
-}
-
-func remoteIP(r *http.Request) netip.Addr {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return netip.Addr{}
-	}
-	return ap.Addr().Unmap().WithZone("")
 }
 
 // limiter counts concurrent requests per client. IPv6 clients are counted

@@ -48,7 +48,7 @@ func (f front) outcomes() []Outcome {
 	return slices.Clone(*f.seen)
 }
 
-func startFront(t *testing.T, fc *fakeChecker, maxPerIP int) front {
+func startFront(t *testing.T, fc *fakeChecker, maxPerIP int, trusted ...netip.Prefix) front {
 	t.Helper()
 	self := Self{ID: newPeerID(t), Addrs: func() []ma.Multiaddr {
 		return []ma.Multiaddr{ma.StringCast("/ip4/198.51.100.7/tcp/4001"), ma.StringCast("/ip4/198.51.100.7/tcp/4002/ws")}
@@ -59,7 +59,7 @@ func startFront(t *testing.T, fc *fakeChecker, maxPerIP int) front {
 	}
 	var mu sync.Mutex
 	var seen []Outcome
-	h, err := New(Config{Self: self, Holdings: hold, MaxPerIP: maxPerIP, Observe: func(o Outcome, _ time.Duration) {
+	h, err := New(Config{Self: self, Holdings: hold, MaxPerIP: maxPerIP, TrustedProxies: trusted, Observe: func(o Outcome, _ time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		seen = append(seen, o)
@@ -279,4 +279,76 @@ func TestLimiterEmpties(t *testing.T) {
 func netipAddr(t *testing.T, i int) netip.Addr {
 	t.Helper()
 	return netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})
+}
+
+// Behind a trusted reverse proxy the limit counts the clients its
+// X-Forwarded-For names; from an untrusted peer the header is ignored.
+func TestPerIPLimitBehindProxy(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		trusted []netip.Prefix
+		second  int // status of client B's request while A's is running
+	}{
+		{"trusted proxy", []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, http.StatusOK},
+		{"untrusted peer", nil, http.StatusTooManyRequests},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gate := make(chan struct{})
+			f := startFront(t, &fakeChecker{has: map[string]map[cid.Cid]bool{"a": {}}, gate: gate}, 1, tc.trusted...)
+			get := func(i int, client string) (*http.Response, error) {
+				req, err := http.NewRequest("GET", f.url+"/routing/v1/providers/"+testCID(t, i).String(), nil)
+				if err != nil {
+					return nil, err
+				}
+				req.Header.Set("X-Forwarded-For", client)
+				return http.DefaultClient.Do(req)
+			}
+			first := make(chan int, 1)
+			go func() {
+				resp, err := get(1, "203.0.113.1")
+				if err != nil {
+					first <- 0
+					return
+				}
+				resp.Body.Close()
+				first <- resp.StatusCode
+			}()
+			deadline := time.Now().Add(10 * time.Second)
+			for f.check.calls.Load() < 1 && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			// B's lookup is held at the gate too, so answer it in the
+			// background and read only its status when it is refused.
+			second := make(chan int, 1)
+			go func() {
+				resp, err := get(2, "203.0.113.2")
+				if err != nil {
+					second <- 0
+					return
+				}
+				resp.Body.Close()
+				second <- resp.StatusCode
+			}()
+			if tc.second == http.StatusTooManyRequests {
+				if s := <-second; s != tc.second {
+					t.Fatalf("client B while A runs: %d, want %d", s, tc.second)
+				}
+				close(gate)
+			} else {
+				for f.check.calls.Load() < 2 && time.Now().Before(deadline) {
+					time.Sleep(time.Millisecond)
+				}
+				if f.check.calls.Load() < 2 {
+					t.Fatal("client B was not admitted beside A")
+				}
+				close(gate)
+				if s := <-second; s != tc.second {
+					t.Fatalf("client B: %d, want %d", s, tc.second)
+				}
+			}
+			if s := <-first; s != http.StatusOK {
+				t.Fatalf("client A: %d, want 200", s)
+			}
+		})
+	}
 }

@@ -7,6 +7,10 @@ import (
 	"sync"
 )
 
+// ClientIP is clientIP for the other HTTP fronts (httpfront), so every
+// port reads X-Forwarded-For the same way.
+func ClientIP(r *http.Request, trusted []netip.Prefix) netip.Addr { return clientIP(r, trusted) }
+
 // clientIP returns the caller's address: the connection's remote IP, or,
 // when that is a trusted proxy, the first X-Forwarded-For hop from the
 // right that is not itself a trusted proxy. Hops are read from the right

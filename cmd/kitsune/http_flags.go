@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -24,6 +25,7 @@ type httpFlags struct {
 	HTTPTimeout   time.Duration `name:"http-timeout" env:"KITSUNE_HTTP_TIMEOUT" default:"10s" help:"Longest routing answer (Helia gives up after 30s)."`
 	HTTPCheckTime time.Duration `name:"http-check-timeout" env:"KITSUNE_HTTP_CHECK_TIMEOUT" default:"2s" help:"How long a fleet node has to say whether it holds a CID; no answer counts as no for that request and is not cached."`
 	HTTPCacheSize int           `name:"http-cache-size" env:"KITSUNE_HTTP_CACHE_SIZE" default:"65536" help:"Remembered \"the fleet holds this CID\" answers (least recently stored dropped first)."`
+	HTTPTrusted   []string      `name:"http-trusted-proxies" env:"KITSUNE_HTTP_TRUSTED_PROXIES" sep:"," placeholder:"CIDR" help:"Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the routing client (for --http-max-per-ip); from anyone else it is ignored."`
 	HTTPCacheTTL  time.Duration `name:"http-cache-ttl" env:"KITSUNE_HTTP_CACHE_TTL" default:"1m" help:"How long a yes is remembered; a no is remembered for a twelfth of it (at least 1s), as content is added all the time."`
 }
 
@@ -35,6 +37,7 @@ type httpConfig struct {
 	CheckTimeout time.Duration
 	CacheSize    int
 	CacheTTL     time.Duration
+	Trusted      []netip.Prefix
 }
 
 func (f *httpFlags) config() (httpConfig, error) {
@@ -56,8 +59,12 @@ func (f *httpFlags) config() (httpConfig, error) {
 			return httpConfig{}, fmt.Errorf("%s must be positive", v.name)
 		}
 	}
+	trusted, err := parseTrustedProxies(f.HTTPTrusted)
+	if err != nil {
+		return httpConfig{}, fmt.Errorf("--http-trusted-proxies %w", err)
+	}
 	return httpConfig{Addr: addr, MaxPerIP: f.HTTPMaxPerIP, Timeout: f.HTTPTimeout, CheckTimeout: f.HTTPCheckTime,
-		CacheSize: f.HTTPCacheSize, CacheTTL: f.HTTPCacheTTL}, nil
+		CacheSize: f.HTTPCacheSize, CacheTTL: f.HTTPCacheTTL, Trusted: trusted}, nil
 }
 
 // maxCheckedNodes bounds the nodes asked whether they hold one CID.
@@ -82,11 +89,12 @@ func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, reg prome
 		return nil, err
 	}
 	h, err := httpfront.New(httpfront.Config{
-		Self:     httpfront.Self{ID: front.ID(), Addrs: front.Addrs},
-		Holdings: hold,
-		MaxPerIP: cfg.MaxPerIP,
-		Timeout:  cfg.Timeout,
-		Registry: reg,
+		Self:           httpfront.Self{ID: front.ID(), Addrs: front.Addrs},
+		Holdings:       hold,
+		MaxPerIP:       cfg.MaxPerIP,
+		Timeout:        cfg.Timeout,
+		Registry:       reg,
+		TrustedProxies: cfg.Trusted,
 		Observe: func(o httpfront.Outcome, d time.Duration) {
 			if o == httpfront.Unsure {
 				// No node could say (none healthy, errors, timeouts):

@@ -65,20 +65,8 @@ func (f *preloadFlags) config() (preloadConfig, error) {
 	if f.PreloadTimeout <= 0 {
 		return preloadConfig{}, fmt.Errorf("--preload-timeout must be positive, got %v", f.PreloadTimeout)
 	}
-	for _, s := range f.PreloadTrustedProxies {
-		if s = strings.TrimSpace(s); s == "" {
-			continue
-		}
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return preloadConfig{}, fmt.Errorf("--preload-trusted-proxies %q: want an IP or CIDR", s)
-			}
-			a = a.Unmap()
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		pc.TrustedProxies = append(pc.TrustedProxies, p.Masked())
+	if pc.TrustedProxies, err = parseTrustedProxies(f.PreloadTrustedProxies); err != nil {
+		return preloadConfig{}, fmt.Errorf("--preload-trusted-proxies %w", err)
 	}
 	return pc, nil
 }
@@ -105,6 +93,28 @@ func cutHTTPS(s string) (rest string, https bool, err error) {
 		return m[:n-1].String(), false, nil
 	}
 	return s, false, nil
+}
+
+// parseTrustedProxies reads IPs and CIDRs (an IP is its own /32 or /128);
+// empty entries are skipped.
+func parseTrustedProxies(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q: want an IP or CIDR", s)
+			}
+			a = a.Unmap()
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // preloadAddr turns the -p value into a listen address. The original
