@@ -334,6 +334,14 @@ func (k *core) addWanter(p peer.ID, u *upstream, e bsmsg.Entry) {
 	if w == nil {
 		w = &want{c: e.Cid, wanters: map[peer.ID]wanter{p: wr}, tried: make(map[peer.ID]struct{}), qi: -1}
 		k.wants[e.Cid] = w
+		if k.queue.Len() > 0 {
+			// Others are waiting for room: the newcomer waits with them,
+			// in priority order, rather than take a slot a cancel in the
+			// same message just freed.
+			w.prio = k.priority(w)
+			k.queue.add(w)
+			return
+		}
 		k.dispatch(w)
 		return
 	}

@@ -34,7 +34,9 @@ type recFx struct {
 	protected map[peer.ID]bool
 	fetching  map[uint64]fetchCall
 	stopped   map[uint64]bool
-	// onBlock and onPresence, when set, check each reply as it is made.
+	// onWant, onBlock and onPresence, when set, check each effect as it
+	// is made.
+	onWant     func(node peer.ID, c cid.Cid, prio int32)
 	onBlock    func(to peer.ID, b blocks.Block)
 	onPresence func(to peer.ID, c cid.Cid, t pb.Message_BlockPresenceType)
 }
@@ -60,6 +62,9 @@ func (f *recFx) want(node peer.ID, c cid.Cid, t pb.Message_Wantlist_WantType, pr
 	if f.open[node] == nil {
 		f.open[node] = make(map[cid.Cid]pb.Message_Wantlist_WantType)
 		f.prio[node] = make(map[cid.Cid]int32)
+	}
+	if _, upgrade := f.open[node][c]; !upgrade && f.onWant != nil {
+		f.onWant(node, c, prio)
 	}
 	f.open[node][c] = t
 	f.prio[node][c] = prio
@@ -273,6 +278,7 @@ type model struct {
 	holds  map[peer.ID]map[cid.Cid]bool
 	up     map[peer.ID]bool
 	conn   map[peer.ID]bool
+	sent   map[*want]bool // wants sent to a node at least once
 	log    []string
 }
 
@@ -281,7 +287,7 @@ func newModel(t testing.TB, seed uint64) *model {
 		t: t, rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
 		byCid: make(map[cid.Cid]blocks.Block), gone: make(map[peer.ID]bool),
 		wanted: make(map[peer.ID]map[cid.Cid]bool), holds: make(map[peer.ID]map[cid.Cid]bool),
-		up: make(map[peer.ID]bool), conn: make(map[peer.ID]bool),
+		up: make(map[peer.ID]bool), conn: make(map[peer.ID]bool), sent: make(map[*want]bool),
 	}
 	for i := range 12 {
 		size := 100
@@ -309,6 +315,7 @@ func newModel(t testing.TB, seed uint64) *model {
 	for _, n := range m.nodes {
 		m.up[n], m.conn[n] = true, true
 	}
+	m.kit.fx.onWant = m.checkFair
 	m.kit.fx.onBlock = m.checkBlock
 	m.kit.fx.onPresence = m.checkPresence
 	return m
@@ -318,6 +325,26 @@ func (m *model) fail(format string, args ...any) {
 	m.t.Helper()
 	tail := m.log[max(0, len(m.log)-15):]
 	m.t.Fatalf("%s\nlast steps:\n  %s", fmt.Sprintf(format, args...), strings.Join(tail, "\n  "))
+}
+
+// checkFair: no peer waits while others are served. A want sent out for
+// the first time never takes a slot at an up node while a want of higher
+// priority waits in the queue that could have gone there (it has not
+// tried that node). A want moved on (DONT_HAVE, failover) keeps its turn.
+func (m *model) checkFair(node peer.ID, c cid.Cid, prio int32) {
+	w := m.kit.k.wants[c]
+	if m.sent[w] {
+		return
+	}
+	m.sent[w] = true
+	if !m.up[node] {
+		return // the ejected fallback: Pick's choice, not the queue's
+	}
+	for _, w := range m.kit.k.queue.items {
+		if w.c != c && w.prio > prio && !triedBy(w, node) {
+			m.fail("%s sent to %s at priority %d while %s (priority %d) waited in the queue", c, node, prio, w.c, w.prio)
+		}
+	}
 }
 
 // checkBlock: no block reaches a peer that does not want it, none twice,
