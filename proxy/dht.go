@@ -3,11 +3,13 @@ package proxy
 import (
 	"fmt"
 	"io"
+	"time"
 
 	ds "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	"github.com/libp2p/go-libp2p-kad-dht/dual"
+	"github.com/libp2p/go-libp2p-kad-dht/records"
 	"github.com/libp2p/go-libp2p/core/host"
 )
 
@@ -45,20 +47,41 @@ type PrivateDHTConfig struct {
 // peers per bucket); its streams by the resource manager's limits for its
 // protocols.
 func StartPrivateDHT(h host.Host, cfg PrivateDHTConfig) (io.Closer, error) {
-	store := ds.Batching(ds.NewNullDatastore())
-	if cfg.AllRecords {
-		store = dssync.MutexWrap(ds.NewMapDatastore())
+	opts := []dht.Option{
+		dht.Mode(dht.ModeServer),
+		dht.BootstrapPeers(), // members come to Kitsune, not the other way
 	}
-	d, err := dual.New(h,
-		dual.DHTOption(
-			dht.Mode(dht.ModeServer),
-			dht.BootstrapPeers(), // members come to Kitsune, not the other way
-			dht.Datastore(store),
-			dht.ProviderDatastore(store),
-		),
-	)
+	if cfg.AllRecords {
+		store := dssync.MutexWrap(ds.NewMapDatastore())
+		opts = append(opts, dht.Datastore(store), dht.ProviderDatastore(store))
+	} else {
+		// Kubo's DHT protocol must accept provider and value records, so
+		// they are written where nothing stays: a null datastore, no read
+		// cache in front of the provider store, and a validity so short
+		// that the provider manager's write buffer (at most 256 records
+		// before it flushes to the null store) never answers from them.
+		null := ds.NewNullDatastore()
+		opts = append(opts, dht.Datastore(null), dht.ProviderDatastore(null),
+			dht.ProviderManagerOpts(records.Cache(noCache{}), records.ProvideValidity(time.Nanosecond)))
+	}
+	d, err := dual.New(h, dual.DHTOption(opts...))
 	if err != nil {
 		return nil, fmt.Errorf("private DHT: %w", err)
 	}
 	return d, nil
 }
+
+// noCache is an LRU cache that keeps nothing.
+type noCache struct{}
+
+func (noCache) Add(key, value any) bool        { return false }
+func (noCache) Get(key any) (any, bool)        { return nil, false }
+func (noCache) Contains(key any) bool          { return false }
+func (noCache) Peek(key any) (any, bool)       { return nil, false }
+func (noCache) Remove(key any) bool            { return false }
+func (noCache) RemoveOldest() (any, any, bool) { return nil, nil, false }
+func (noCache) GetOldest() (any, any, bool)    { return nil, nil, false }
+func (noCache) Keys() []any                    { return nil }
+func (noCache) Len() int                       { return 0 }
+func (noCache) Purge()                         {}
+func (noCache) Resize(int) int                 { return 0 }

@@ -137,3 +137,78 @@ func peerProtocols(t *testing.T, n *nsKubo, p string) []string {
 	}
 	return id.Protocols
 }
+
+// Kitsune's private DHT keeps peer records only unless asked: a provider
+// record member C announces is dropped, so member A finds no provider;
+// with --private-dht-all-records A finds C. The members are DHT clients
+// (Routing.Type dhtclient; with "dht" Kubo serves its LAN DHT itself and
+// A would ask C directly), so Kitsune is the only DHT server that could
+// hold the record.
+func TestPrivateDHTRecords(t *testing.T) {
+	bin := buildBinary(t)
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		found bool
+	}{
+		{"peer records only", nil, false},
+		{"all records", []string{"--private-dht-all-records"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newLAN(t, "10.44.0.1/24", "10.44.0.2/24", "10.44.0.3/24")
+			kns := l.members[0]
+			swarmKey := []byte("/key/swarm/psk/1.0.0/\n/base16/\n" + hex.EncodeToString(randomBytes(t, 32)) + "\n")
+			pskFile := filepath.Join(t.TempDir(), "swarm.key")
+			if err := os.WriteFile(pskFile, swarmKey, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			startNSKubo(t, kns, []string{"--profile=test"}, map[string]any{
+				"Addresses.API":     "/ip4/127.0.0.1/tcp/5001",
+				"Addresses.Gateway": []string{},
+				"Addresses.Swarm":   []string{"/ip4/127.0.0.1/tcp/4001"},
+				"Bootstrap":         []string{},
+				"Routing.Type":      "none",
+			})
+			args := append([]string{"-d", "/ip4/127.0.0.1/tcp/5001", "-l", "/ip4/0.0.0.0/tcp/4101", "-w", "",
+				"--admin", "off", "-k", filepath.Join(t.TempDir(), "kitsune.key"), "--psk-file", pskFile, "--private-dht"}, tc.flags...)
+			k := startNS(t, kns, nil, bin, args...)
+			kid := strings.TrimPrefix(k.waitLine(t, "Kitsune peer ID ", 60*time.Second), "Kitsune peer ID ")
+			k.waitLine(t, "Private DHT server", 10*time.Second)
+			member := func(i int) *nsKubo {
+				return startNSKuboKey(t, l.members[i], swarmKey, nil, map[string]any{
+					"Addresses.Swarm":        []string{"/ip4/0.0.0.0/tcp/4001"},
+					"Bootstrap":              []string{"/ip4/10.44.0.1/tcp/4101/p2p/" + kid},
+					"Routing.Type":           "dhtclient",
+					"Discovery.MDNS.Enabled": false,
+					"AutoConf.Enabled":       false,
+				})
+			}
+			a, c := member(1), member(2)
+			for _, n := range []*nsKubo{a, c} {
+				eventually(t, 60*time.Second, "a member connected to Kitsune", func() bool { return n.connectedTo(t, kid) })
+			}
+			file := filepath.Join(t.TempDir(), "provided")
+			if err := os.WriteFile(file, randomBytes(t, 4096), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cid := c.mustIPFS(t, "add", "-Q", "--pin=false", file)
+			c.mustIPFS(t, "routing", "provide", cid)
+
+			// Bounded: the positive case finds C within seconds; the
+			// negative one is given the same 30 s to find anything.
+			var provs string
+			deadline := time.Now().Add(30 * time.Second)
+			for time.Now().Before(deadline) {
+				out, _ := a.ipfs(testCtx(t, 20*time.Second), "routing", "findprovs", "--num-providers=1", "--timeout=10s", cid)
+				if provs = strings.TrimSpace(string(out)); provs != "" {
+					break
+				}
+				time.Sleep(time.Second)
+			}
+			if got := strings.Contains(provs, c.ID); got != tc.found {
+				t.Fatalf("A found providers %q; want C (%s) found: %v", provs, c.ID, tc.found)
+			}
+			t.Logf("providers A found: %q", provs)
+		})
+	}
+}
