@@ -3,9 +3,13 @@
 
 GO        ?= go
 CACHE     := $(CURDIR)/.cache
-KUBO_VER  := v0.41.0
-KUBO      := $(CACHE)/bin/ipfs
-KUBO_STAMP := $(CACHE)/kubo-$(KUBO_VER).stamp
+# Kubo: KUBO_VER is what `make run` and the tests use; KUBO_COMPAT_VER is an
+# older release a compatibility subset of the tests runs fleet and client on.
+# Each is built from its own module, tools/kubo-<version>, to a versioned path.
+KUBO_VER  := v0.43.1
+KUBO      := $(CACHE)/bin/ipfs-$(KUBO_VER)
+KUBO_COMPAT_VER := v0.41.0
+KUBO_COMPAT     := $(CACHE)/bin/ipfs-$(KUBO_COMPAT_VER)
 KITSUNE   := $(CURDIR)/bin/kitsune
 HELIA_DIR := testdata/helia
 HELIA_STAMP := $(HELIA_DIR)/node_modules/.package-lock.json
@@ -24,14 +28,15 @@ build: $(KITSUNE)
 $(KITSUNE): $(shell find . -name '*.go' -not -path './tools/*' -not -path './testdata/*') go.mod go.sum
 	$(GO) build -o $@ ./cmd/kitsune
 
-# Kubo is built from the module proxy through tools/kubo, which pins the
-# version: `go install ...@version` does not work against this proxy.
-kubo: $(KUBO_STAMP)
+# Kubo is built from the module proxy through tools/kubo-<version>, which
+# pins the version: `go install ...@version` does not work against this
+# proxy. The binary only takes its final name once it reports that version.
+kubo: $(KUBO) $(KUBO_COMPAT)
 
-$(KUBO_STAMP): tools/kubo/go.mod tools/kubo/go.sum
-	cd tools/kubo && $(GO) build -o $(KUBO) github.com/ipfs/kubo/cmd/ipfs
-	$(KUBO) version | grep -q "$(patsubst v%,%,$(KUBO_VER))"
-	touch $@
+$(CACHE)/bin/ipfs-%: tools/kubo-%/go.mod tools/kubo-%/go.sum
+	cd tools/kubo-$* && $(GO) build -o $@.tmp github.com/ipfs/kubo/cmd/ipfs
+	$@.tmp version | grep -q "ipfs version $(patsubst v%,%,$*)$$"
+	mv $@.tmp $@
 
 # The Helia test client and the Node 22 it runs on, from npm.
 helia: $(HELIA_STAMP)
@@ -61,7 +66,7 @@ $(HELIA_BROWSER_STAMP): $(HELIA_BROWSER_DIR)/package.json $(HELIA_BROWSER_DIR)/p
 	npm ci --prefix $(HELIA_BROWSER_DIR) --no-audit --no-fund --ignore-scripts
 	touch $@
 
-run: build kubo
+run: build $(KUBO)
 	./scripts/devfleet.sh $(KITSUNE) $(KUBO)
 
 vet:
@@ -71,7 +76,8 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 test: kubo helia jsipfs helia-browser fmt-check vet
-	KITSUNE_KUBO_BIN=$(KUBO) $(GO) test $(TEST_FLAGS) ./...
+	@echo "Kubo for the tests: $$($(KUBO) version) ($(KUBO)); compatibility subset: $$($(KUBO_COMPAT) version) ($(KUBO_COMPAT))"
+	KITSUNE_KUBO_BIN=$(KUBO) KITSUNE_KUBO_COMPAT_BIN=$(KUBO_COMPAT) $(GO) test $(TEST_FLAGS) ./...
 	$(MAKE) --no-print-directory fuzz-short
 
 # Fuzz targets (package:name); seed corpora in <package>/testdata/fuzz/.

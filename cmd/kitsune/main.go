@@ -20,9 +20,10 @@ import (
 // command, so the original Kitsune's invocation (kitsune -d ... -k ...)
 // works unchanged.
 type cli struct {
-	Run    runCmd    `cmd:"" help:"Run Kitsune (the default command)."`
-	Key    keyCmd    `cmd:"" help:"Import an existing node's identity into a key file, or show a key file's peer ID."`
-	Doctor doctorCmd `cmd:"" help:"Check that the fleet's Kubo nodes are set up as Kitsune needs (one row per check per node, with the ipfs config command that fixes it). Reads only; exits 1 when a check fails."`
+	Run     runCmd     `cmd:"" help:"Run Kitsune (the default command)."`
+	Key     keyCmd     `cmd:"" help:"Import an existing node's identity into a key file, or show a key file's peer ID."`
+	Peering peeringCmd `cmd:"" help:"Print Kitsune as a Kubo Peering.Peers entry (JSON for 'ipfs config --json Peering.Peers')."`
+	Doctor  doctorCmd  `cmd:"" help:"Check that the fleet's Kubo nodes are set up as Kitsune needs (one row per check per node, with the ipfs config command that fixes it). Reads only; exits 1 when a check fails."`
 
 	Docs docsCmd `cmd:"" hidden:"" help:"Generate reference documents from the flags (make docs)."`
 }
@@ -47,6 +48,7 @@ type runCmd struct {
 	mdnsFlags    `embed:"" group:"front"`
 	geoipFlags   `embed:"" group:"admin"`
 	dhtFlags     `embed:"" group:"front"`
+	greetFlags   `embed:"" group:"front"`
 
 	LogLevel string `group:"admin" env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }

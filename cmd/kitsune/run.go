@@ -40,12 +40,14 @@ type config struct {
 	MDNS       bool
 	GeoIP      *geoip.DB
 	DHT        *proxy.PrivateDHTConfig
+	NoGreet    bool
 }
 
 func (c *runCmd) config() (config, error) {
 	cfg := config{
 		KeyFile: c.Key,
 		MDNS:    c.MDNS,
+		NoGreet: c.NoGreet,
 		Relay: bitswap.Config{
 			MaxWantsPerPeer:    c.MaxWantsPerPeer,
 			MaxInFlightPerNode: c.MaxInflightPerNode,
@@ -198,7 +200,13 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		return nil, err
 	}
 	relay := bitswap.New(cfg.Relay, bsnet.NewFromIpfsHost(bitswap.GuardStreams(front)), bsnet.NewFromIpfsHost(back), pool, log.Named("relay"))
-	pool.SetListener(relay)
+	greeter, err := newGreeter(cfg.NoGreet, front, pool, log.Named("greet"))
+	if err != nil {
+		front.Close()
+		back.Close()
+		return nil, err
+	}
+	pool.SetListener(fleetListener{relay, greeter})
 	pre, err := startPreload(cfg.Preload, pool, reverseSessions{relay, cfg.Preload.Grace}, log.Named("preload"))
 	if err != nil {
 		front.Close()
@@ -253,6 +261,13 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		go func() {
 			defer wg.Done()
 			geo.run(runCtx, front, log.Named("geoip"))
+		}()
+	}
+	if greeter != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			greeter.Run(runCtx)
 		}()
 	}
 	if cfg.Pool.DNS != nil {

@@ -130,6 +130,7 @@ type fetchConfig struct {
 	timeout time.Duration
 	env     []string
 	router  string
+	wrap    func(*exec.Cmd)
 }
 
 // WithRouter gives Helia a delegated routing (/routing/v1) base URL to find
@@ -149,6 +150,12 @@ func WithPath(path string) FetchOption {
 // context's deadline is used, or DefaultFetchTimeout.
 func WithTimeout(d time.Duration) FetchOption {
 	return func(c *fetchConfig) { c.timeout = d }
+}
+
+// WithWrap lets wrap rewrite the node command before it starts, e.g.
+// netns.NS.Wrap to fetch from inside a network namespace.
+func WithWrap(wrap func(*exec.Cmd)) FetchOption {
+	return func(c *fetchConfig) { c.wrap = wrap }
 }
 
 // WithEnv adds environment variables for the node process, e.g.
@@ -197,6 +204,9 @@ func Fetch(ctx context.Context, t testing.TB, addr, c string, opts ...FetchOptio
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), cfg.env...)
 	cmd.WaitDelay = 5 * time.Second
+	if cfg.wrap != nil {
+		cfg.wrap(cmd)
+	}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr

@@ -3,16 +3,21 @@
 // Kitsune's job is to sit between libp2p peers and a fleet of Kubo nodes, so
 // its tests are only believable against the real thing: a fake Bitswap peer
 // would encode our own reading of the protocol and agree with every bug in it.
-// This package runs the Kubo binary the repository pins (v0.41.0) as a child
-// process, one fresh repository per node, and hands the test a typed handle.
+// This package runs the Kubo binary the repository pins (Version, v0.43.1;
+// CompatVersion, v0.41.0, for a compatibility subset) as a child process,
+// one fresh repository per node, and hands the test a typed handle.
 //
 // # Finding the binary
 //
 //	func Binary(t testing.TB) string
+//	func CompatBinary(t testing.TB) string
 //
-// Binary returns $KITSUNE_KUBO_BIN if set, else <module root>/.cache/bin/ipfs,
-// where the module root is the nearest directory above the working directory
-// whose go.mod declares github.com/kitsune-lb/kitsune. A missing binary is a
+// Binary returns $KITSUNE_KUBO_BIN if set, else
+// <module root>/.cache/bin/ipfs-v0.43.1, where the module root is the nearest
+// directory above the working directory whose go.mod declares
+// github.com/kitsune-lb/kitsune. CompatBinary does the same for the older
+// release with $KITSUNE_KUBO_COMPAT_BIN and .cache/bin/ipfs-v0.41.0;
+// `make kubo` builds both, and `make test` passes both variables. A missing binary is a
 // test failure (t.Fatalf telling the user to run `make kubo`), never a skip:
 // a suite that silently skips its integration tests looks green while proving
 // nothing.
@@ -23,6 +28,8 @@
 //		WebSocket bool           // also listen on /ip4/127.0.0.1/tcp/0/ws
 //		Config    map[string]any // dotted key -> value, as `ipfs config --json key value`
 //		Env       []string       // extra KEY=VALUE for the daemon, e.g. GOLOG_LOG_LEVEL=bitswap=debug
+//		Binary    string         // another Kubo, e.g. CompatBinary(t)
+//		In        Place          // run inside e.g. a netns.NS: listens on 0.0.0.0, API dialled inside
 //	}
 //
 //	func Start(t testing.TB, opts Options) *Node
@@ -32,7 +39,8 @@
 // quic-v1 on random 127.0.0.1 ports, no gateway, no bootstrap peers, no mDNS,
 // Routing.Type=none, no relays, no AutoNAT service, no telemetry), applies
 // Options.Config, starts `ipfs daemon` and waits up to 60 s for the RPC API to
-// answer and for "Daemon is ready". Every failure calls t.Fatalf with the tail
+// answer and for "Daemon is ready". Start logs the node's agent version and
+// binary, so a test's output says which Kubo it ran. Every failure calls t.Fatalf with the tail
 // of the daemon's stderr; a daemon that exits during startup (Kubo rejects
 // bad config with a fatal log) fails at once rather than at the timeout.
 // t.Cleanup stops the daemon. It fails the test if the daemon had exited on

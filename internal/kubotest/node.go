@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -61,6 +62,21 @@ type Options struct {
 	// Env holds extra KEY=VALUE entries for init and the daemon, e.g.
 	// GOLOG_LOG_LEVEL=bitswap=debug.
 	Env []string
+	// Binary runs this Kubo instead of Binary(t), e.g. CompatBinary(t).
+	Binary string
+	// In runs the daemon somewhere other than the test's own network, such
+	// as a namespace of internal/netns. The daemon then listens for swarm
+	// connections on every address of that place (0.0.0.0), and the API
+	// client dials in through In.
+	In Place
+}
+
+// Place is another network the daemon runs in (netns.NS is one).
+type Place interface {
+	// Wrap rewrites a command, not yet started, to run inside.
+	Wrap(cmd *exec.Cmd)
+	// DialContext dials from inside.
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // Node is one Kubo daemon with its own repository.
@@ -78,6 +94,7 @@ type Node struct {
 
 	bin       string
 	env       []string
+	in        Place
 	transport *http.Transport
 
 	mu     sync.Mutex
@@ -106,7 +123,10 @@ func (d *daemon) signal(sig syscall.Signal) {
 // and waits until it is ready. The daemon is stopped by t.Cleanup.
 func Start(t testing.TB, opts Options) *Node {
 	t.Helper()
-	n := &Node{Dir: t.TempDir(), bin: Binary(t)}
+	n := &Node{Dir: t.TempDir(), bin: opts.Binary, in: opts.In}
+	if n.bin == "" {
+		n.bin = Binary(t)
+	}
 	// Telemetry would try to reach the internet; opts.Env comes last so a
 	// test can still turn it back on.
 	n.env = append(os.Environ(), "IPFS_PATH="+n.Dir, "IPFS_TELEMETRY=off")
@@ -137,6 +157,9 @@ func Start(t testing.TB, opts Options) *Node {
 	if err := n.launch(); err != nil {
 		t.Fatalf("kubotest: %v", err)
 	}
+	// Which Kubo a test ran matters when reading its results: the tests
+	// run the newest release and a compatibility subset an older one.
+	t.Logf("kubotest: node %s runs %s (%s)", n.ID, n.AgentVersion, n.bin)
 	return n
 }
 
@@ -167,9 +190,13 @@ func (n *Node) configure(opts Options) error {
 		return fmt.Errorf("parsing %s: %w", file, err)
 	}
 
-	swarm := []string{"/ip4/127.0.0.1/tcp/0", "/ip4/127.0.0.1/udp/0/quic-v1"}
+	host := "127.0.0.1"
+	if opts.In != nil {
+		host = "0.0.0.0"
+	}
+	swarm := []string{"/ip4/" + host + "/tcp/0", "/ip4/" + host + "/udp/0/quic-v1"}
 	if opts.WebSocket {
-		swarm = append(swarm, "/ip4/127.0.0.1/tcp/0/ws")
+		swarm = append(swarm, "/ip4/"+host+"/tcp/0/ws")
 	}
 	// The test profile already sets loopback API and swarm addresses, no
 	// bootstrap peers and no mDNS; these close the remaining ways a node
@@ -276,6 +303,9 @@ func (n *Node) launch() error {
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
 	cmd.SysProcAttr = daemonSysProcAttr()
+	if n.in != nil {
+		n.in.Wrap(cmd)
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting ipfs daemon: %w", err)
 	}
@@ -354,6 +384,9 @@ func (n *Node) probe(ctx context.Context, stdoutOffset int64) error {
 	// TIME_WAIT sockets in tests that poll. No Proxy: an HTTP_PROXY from the
 	// environment has no business seeing a loopback API.
 	transport := &http.Transport{MaxIdleConnsPerHost: 16}
+	if n.in != nil {
+		transport.DialContext = n.in.DialContext
+	}
 	api, err := rpc.NewApiWithClient(apiAddr, &http.Client{Transport: transport})
 	if err != nil {
 		return fmt.Errorf("rpc client for %s: %w", apiAddr, err)
