@@ -24,10 +24,11 @@ import (
 )
 
 // This file is a minimal, private network-namespace harness for the LAN
-// tests of this package (mDNS, the private DHT, GeoIP): a bridge in a hub
-// namespace joins member namespaces that get addresses from the
-// documentation range 198.51.100.0/24. It is meant to be swapped for the
-// shared harness under internal/ once that exists.
+// tests of this package: for mDNS and GeoIP a bridge in a hub namespace
+// joins member namespaces that get addresses from the documentation range
+// 198.51.100.0/24; the private DHT tests use one loopback-only namespace
+// instead (newLoopbackNS). It is meant to be swapped for the shared
+// harness under internal/ once that exists.
 
 // lanPrefix starts every namespace name this harness makes; the creating
 // process's PID follows, so a sweep can tell which ones a killed test run
@@ -48,13 +49,7 @@ type lan struct {
 // of its own. Root is needed; without it the test fails, never skips.
 func newLAN(t *testing.T, cidrs ...string) *lan {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("LAN tests make network namespaces and need root")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatal("LAN tests need the ip command (iproute2): ", err)
-	}
-	sweepStaleNamespaces(t)
+	needNetns(t)
 	base := fmt.Sprintf("%s%d-%d-", lanPrefix, os.Getpid(), lanSeq.Add(1))
 	l := &lan{t: t, hub: base + "hub"}
 	t.Cleanup(l.remove)
@@ -75,6 +70,33 @@ func newLAN(t *testing.T, cidrs ...string) *lan {
 		l.ip("-n", ns, "link", "set", "eth0", "multicast", "on", "up")
 	}
 	return l
+}
+
+// newLoopbackNS makes one namespace holding nothing but its own loopback
+// interface and returns its name: several daemons can run in it on
+// distinct 127.0.0.x addresses (all on lo), reaching nothing outside it
+// and colliding with no port of the root namespace.
+func newLoopbackNS(t *testing.T) string {
+	t.Helper()
+	needNetns(t)
+	l := &lan{t: t, hub: fmt.Sprintf("%s%d-%d-lo", lanPrefix, os.Getpid(), lanSeq.Add(1))}
+	t.Cleanup(l.remove)
+	l.ip("netns", "add", l.hub)
+	l.ip("-n", l.hub, "link", "set", "lo", "up")
+	return l.hub
+}
+
+// needNetns fails the test unless it can make namespaces (root and the ip
+// command), then sweeps those a killed run left behind.
+func needNetns(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("LAN tests make network namespaces and need root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatal("LAN tests need the ip command (iproute2): ", err)
+	}
+	sweepStaleNamespaces(t)
 }
 
 // joinRoot links the root namespace, where the test process (and an
