@@ -2,10 +2,10 @@ package httpfront
 
 import (
 	"errors"
+	"github.com/kitsune-lb/kitsune/internal/iplimit"
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ipfs/boxo/routing/http/server"
@@ -47,7 +47,7 @@ const RoutingPrefix = "/routing/v1/"
 // Handler serves /routing/v1 (providers and peers) and refuses the rest.
 type Handler struct {
 	routing http.Handler
-	limit   *limiter
+	limit   *iplimit.Limiter
 	trusted []netip.Prefix
 }
 
@@ -75,7 +75,7 @@ func New(cfg Config) (*Handler, error) {
 			server.WithPrometheusRegistry(cfg.Registry),
 			server.WithRecordsLimit(server.DefaultRecordsLimit),
 		),
-		limit:   newLimiter(cfg.MaxPerIP),
+		limit:   iplimit.New(cfg.MaxPerIP),
 		trusted: cfg.TrustedProxies,
 	}, nil
 }
@@ -108,7 +108,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	release, ok := h.limit.acquire(preload.ClientIP(r, h.trusted))
+	release, ok := h.limit.Acquire(preload.ClientIP(r, h.trusted))
 	if !ok {
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "too many concurrent requests from your address", http.StatusTooManyRequests)
@@ -116,47 +116,4 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	h.routing.ServeHTTP(w, r)
-}
-
-// limiter counts concurrent requests per client. IPv6 clients are counted
-// per /64, which one host usually holds whole.
-type limiter struct {
-	max int
-	mu  sync.Mutex
-	n   map[netip.Addr]int
-}
-
-func newLimiter(max int) *limiter {
-	return &limiter{max: max, n: make(map[netip.Addr]int)}
-}
-
-func (l *limiter) acquire(ip netip.Addr) (release func(), ok bool) {
-	k := ip
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		k = p.Addr()
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n[k] >= l.max {
-		return nil, false
-	}
-	l.n[k]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			if l.n[k]--; l.n[k] <= 0 {
-				delete(l.n, k)
-			}
-		})
-	}, true
-}
-
-// active is the number of clients with a request running.
-func (l *limiter) active() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.n)
 }

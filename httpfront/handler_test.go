@@ -254,33 +254,6 @@ func TestPerIPLimit(t *testing.T) {
 	}
 }
 
-func TestLimiterEmpties(t *testing.T) {
-	l := newLimiter(1)
-	var rel []func()
-	for i := range 50 {
-		r, ok := l.acquire(netipAddr(t, i))
-		if !ok {
-			t.Fatal("first request of an address refused")
-		}
-		rel = append(rel, r)
-	}
-	if l.active() != 50 {
-		t.Fatalf("active %d, want 50", l.active())
-	}
-	for _, r := range rel {
-		r()
-		r() // a second release is harmless
-	}
-	if l.active() != 0 {
-		t.Fatalf("active %d after every release, want 0", l.active())
-	}
-}
-
-func netipAddr(t *testing.T, i int) netip.Addr {
-	t.Helper()
-	return netip.AddrFrom4([4]byte{203, 0, 113, byte(i)})
-}
-
 // Behind a trusted reverse proxy the limit counts the clients its
 // X-Forwarded-For names; from an untrusted peer the header is ignored.
 func TestPerIPLimitBehindProxy(t *testing.T) {

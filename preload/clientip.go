@@ -4,7 +4,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 )
 
 // ClientIP is clientIP for the other HTTP fronts (httpfront), so every
@@ -60,53 +59,4 @@ func isTrusted(ip netip.Addr, trusted []netip.Prefix) bool {
 		}
 	}
 	return false
-}
-
-// limiter counts concurrent calls per client. IPv6 clients are counted per
-// /64: one host usually holds a whole /64, and counting single addresses
-// would let it open a call per address.
-type limiter struct {
-	max int
-	mu  sync.Mutex
-	n   map[netip.Addr]int
-}
-
-func newLimiter(max int) *limiter {
-	return &limiter{max: max, n: make(map[netip.Addr]int)}
-}
-
-func limitKey(ip netip.Addr) netip.Addr {
-	if ip.Is6() {
-		p, _ := ip.Prefix(64)
-		return p.Addr()
-	}
-	return ip
-}
-
-// acquire takes a slot for ip; ok is false when it has max calls running.
-func (l *limiter) acquire(ip netip.Addr) (release func(), ok bool) {
-	k := limitKey(ip)
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n[k] >= l.max {
-		return nil, false
-	}
-	l.n[k]++
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			if l.n[k]--; l.n[k] <= 0 {
-				delete(l.n, k)
-			}
-		})
-	}, true
-}
-
-// active is the number of clients with a call running.
-func (l *limiter) active() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.n)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/kitsune-lb/kitsune/internal/iplimit"
 	"io"
 	"net/http"
 	"net/netip"
@@ -59,7 +60,7 @@ type Handler struct {
 	trusted  []netip.Prefix
 	client   *http.Client
 	log      *zap.Logger
-	limit    *limiter
+	limit    *iplimit.Limiter
 	observer Observer
 }
 
@@ -91,7 +92,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.MaxPerIP == 0 {
 		cfg.MaxPerIP = DefaultMaxPerIP
 	}
-	h.limit = newLimiter(cfg.MaxPerIP)
+	h.limit = iplimit.New(cfg.MaxPerIP)
 	if h.client == nil {
 		h.client = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
@@ -182,7 +183,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	client := clientIP(r, h.trusted)
 	res.Call = Call{Root: req.root, Path: req.path, MaxDepth: req.maxDepth(), Client: client}
-	release, ok := h.limit.acquire(client)
+	release, ok := h.limit.Acquire(client)
 	if !ok {
 		hdr.Set("Retry-After", "5")
 		res.Outcome, res.Status = OutcomeRateLimited, http.StatusTooManyRequests
@@ -360,7 +361,7 @@ type Stats struct {
 
 // Stats returns a snapshot.
 func (h *Handler) Stats() Stats {
-	return Stats{Clients: h.limit.active()}
+	return Stats{Clients: h.limit.Active()}
 }
 
 // refsRequest is a validated refs call.
