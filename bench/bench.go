@@ -8,7 +8,8 @@
 // built binary, the forwarder by re-running this binary), so its CPU time
 // and peak RSS come from /proc; the Kubo nodes are real daemons
 // (internal/kubotest); the clients are in-process go-libp2p hosts with
-// boxo's Bitswap client. Only loopback traffic; every loop is bounded in
+// boxo's Bitswap client. Only loopback traffic, apart from scenario 5's
+// client in a network namespace across a shaped veth link; every loop is bounded in
 // count and time.
 //
 // The scenarios and targets are those of the benchmark issue; Run returns
@@ -44,9 +45,9 @@ type Config struct {
 	KitsuneBin string `json:"-"`
 	// KitsuneFlags are added to Kitsune's command line.
 	KitsuneFlags []string `json:"kitsune_flags,omitempty"`
-	// Scenarios to run (1-4); empty means all.
+	// Scenarios to run (1-5); empty means all.
 	Scenarios []int `json:"scenarios"`
-	// Runs of scenarios 1-2 and of scenarios 3-4.
+	// Runs of scenarios 1-2 (and 5) and of scenarios 3-4.
 	Runs12 int `json:"runs_1_2"`
 	Runs34 int `json:"runs_3_4"`
 
@@ -62,6 +63,8 @@ type Config struct {
 	// Settle is how long a process is left alone before its memory is
 	// read in scenario 4.
 	Settle time.Duration `json:"s4_settle_ns"`
+	// WANFileSize is what scenario 5's client fetches across the WAN link.
+	WANFileSize int `json:"s5_file_bytes"`
 
 	Smoke bool `json:"smoke"`
 	// Log receives a line per run; nil discards them.
@@ -75,7 +78,7 @@ func DefaultConfig() Config {
 		Runs12: 5, Runs34: 3,
 		FileSize: 64 << 20, Blocks: 1000, BlockSize: 1 << 10, AppBlocks: 100,
 		Clients: 100, ClientFileSize: 1 << 20, IdleConns: 2000,
-		Settle: 2 * time.Second,
+		Settle: 2 * time.Second, WANFileSize: 64 << 20,
 	}
 }
 
@@ -84,7 +87,7 @@ func SmokeConfig() Config {
 		Runs12: 1, Runs34: 1,
 		FileSize: 2 << 20, Blocks: 30, BlockSize: 1 << 10, AppBlocks: 10,
 		Clients: 6, ClientFileSize: 256 << 10, IdleConns: 40,
-		Settle: 300 * time.Millisecond, Smoke: true,
+		Settle: 300 * time.Millisecond, WANFileSize: 1 << 20, Smoke: true,
 	}
 }
 
@@ -161,6 +164,9 @@ func Run(tb testing.TB, cfg Config) (*Results, error) {
 	e := &env{tb: tb, cfg: cfg, feat: feat, kuboBin: kubotest.Binary(tb), dir: tb.TempDir()}
 	res := &Results{Started: time.Now().UTC(), Config: cfg, Machine: machine()}
 	res.Machine.Kitsune = cfg.Revision
+	if cfg.wants(5) {
+		res.Machine.Network = "loopback; scenario 5 across network namespaces (tbf rate, toxiproxy delay)"
+	}
 
 	e.logf("starting Kubo nodes")
 	e.a = e.startKubo()
@@ -176,7 +182,7 @@ func Run(tb testing.TB, cfg Config) (*Results, error) {
 		id  int
 		run func() (*ScenarioResult, error)
 	}
-	for _, s := range []scen{{1, e.scenario1}, {2, e.scenario2}, {3, e.scenario3}, {4, e.scenario4}} {
+	for _, s := range []scen{{1, e.scenario1}, {2, e.scenario2}, {3, e.scenario3}, {4, e.scenario4}, {5, e.scenario5}} {
 		if !cfg.wants(s.id) {
 			continue
 		}

@@ -52,6 +52,7 @@ func TestSmoke(t *testing.T) {
 		2: {"direct", "kitsune", "kitsune-tcp", "kubo-front", "floor"},
 		3: {"direct", "kitsune", "kitsune-tcp", "kubo-front", "floor"},
 		4: {"direct", "kitsune", "floor"},
+		5: {"direct", "kitsune"},
 	}
 	// Metrics every path must have produced, and must be > 0.
 	positive := map[int][]string{
@@ -59,9 +60,10 @@ func TestSmoke(t *testing.T) {
 		2: {"p50_ms", "p99_ms", "app_p50_ms"},
 		3: {"aggregate_mib_per_s", "wall_s"},
 		4: {"held", "rss_held_mib", "new_client_ms_idle", "new_client_ms_held"},
+		5: {"seconds", "mib_per_s"},
 	}
 	// Ratios against direct every other path must have, finite and > 0.
-	ratios := map[int][]string{1: {"throughput"}, 2: {"p50_speed", "p99_speed"}, 3: {"aggregate"}, 4: {"rss_per_conn"}}
+	ratios := map[int][]string{1: {"throughput"}, 2: {"p50_speed", "p99_speed"}, 3: {"aggregate"}, 4: {"rss_per_conn"}, 5: {"throughput"}}
 	for _, s := range res.Scenarios[:min(3, len(res.Scenarios))] {
 		// The kitsune-tcp path exists to reach the fleet over TCP.
 		want := "kitsune-tcp reached the Kubo node over tcp."
@@ -69,8 +71,8 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("scenario %d: no note %q in %q", s.ID, want, s.Notes)
 		}
 	}
-	if len(res.Scenarios) != 4 {
-		t.Fatalf("%d scenarios ran, want 4", len(res.Scenarios))
+	if len(res.Scenarios) != 5 {
+		t.Fatalf("%d scenarios ran, want 5", len(res.Scenarios))
 	}
 	for _, s := range res.Scenarios {
 		if len(s.Paths) != len(wantPaths[s.ID]) {
@@ -137,7 +139,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back bench.Results
-	if err := json.Unmarshal(raw, &back); err != nil || len(back.Scenarios) != 4 {
+	if err := json.Unmarshal(raw, &back); err != nil || len(back.Scenarios) != 5 {
 		t.Errorf("results.json does not read back: %v (%d scenarios)", err, len(back.Scenarios))
 	}
 	md, err := os.ReadFile(filepath.Join(dir, "results.md"))

@@ -24,6 +24,7 @@ var chartGroups = []struct {
 	{2, "p50_speed", "2: p50 latency", 0},
 	{2, "p99_speed", "2: p99 latency", 0},
 	{3, "aggregate", "3: aggregate", 0.80},
+	{5, "throughput", "5: WAN throughput", 0.90},
 }
 
 var chartPaths = []struct {
@@ -40,7 +41,7 @@ var chartPaths = []struct {
 // whiskers, a line at direct's 1.0 and the targets for Kitsune.
 func (r *Results) Chart(file string) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Kitsune vs alternatives, relative to direct Kubo (%d CPUs, loopback)", r.Machine.CPUs)
+	p.Title.Text = fmt.Sprintf("Kitsune vs alternatives, relative to direct Kubo (%d CPUs; %s)", r.Machine.CPUs, r.Machine.Network)
 	p.Y.Label.Text = "speed relative to direct (higher is better)"
 	p.Y.Min = 0
 	p.Legend.Top = true

@@ -52,6 +52,12 @@ func (l *lockedBuffer) String() string {
 }
 
 func startServer(name, bin string, args, env []string, dir string) (*server, error) {
+	return startServerIn(nil, name, bin, args, env, dir)
+}
+
+// startServerIn is startServer with the command rewritten by wrap before
+// it starts (netns.NS.Wrap runs it inside a namespace); nil runs it here.
+func startServerIn(wrap func(*exec.Cmd), name, bin string, args, env []string, dir string) (*server, error) {
 	errLog := filepath.Join(dir, name+".stderr")
 	ef, err := os.Create(errLog)
 	if err != nil {
@@ -66,6 +72,9 @@ func startServer(name, bin string, args, env []string, dir string) (*server, err
 	s.cmd.Stderr = ef
 	// Its own process group, and killed with us if the benchmark dies.
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if wrap != nil {
+		wrap(s.cmd) // `ip netns exec` execs in place: the pid stays Kitsune's
+	}
 	if err := s.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", name, err)
 	}
@@ -172,9 +181,15 @@ func probeKitsune(bin string) (kitsuneFeatures, error) {
 // startKitsune runs the Kitsune binary in front of the nodes' RPC APIs,
 // listening on loopback TCP only, and waits until every node has joined.
 func startKitsune(bin string, feat kitsuneFeatures, apis []string, dir string, extra []string) (*server, error) {
+	return startKitsuneOn(nil, "/ip4/127.0.0.1/tcp/0", bin, feat, apis, dir, extra)
+}
+
+// startKitsuneOn is startKitsune listening on listen, with the command
+// rewritten by wrap (see startServerIn).
+func startKitsuneOn(wrap func(*exec.Cmd), listen, bin string, feat kitsuneFeatures, apis []string, dir string, extra []string) (*server, error) {
 	args := []string{
 		"-d", strings.Join(apis, ","),
-		"-l", "/ip4/127.0.0.1/tcp/0",
+		"-l", listen,
 		"-w", "",
 		"-k", filepath.Join(dir, "kitsune.key"),
 		"--log-level", "info",
@@ -183,7 +198,7 @@ func startKitsune(bin string, feat kitsuneFeatures, apis []string, dir string, e
 		args = append(args, "--admin", "127.0.0.1:0")
 	}
 	args = append(args, extra...)
-	s, err := startServer("kitsune", bin, args, nil, dir)
+	s, err := startServerIn(wrap, "kitsune", bin, args, nil, dir)
 	if err != nil {
 		return nil, err
 	}

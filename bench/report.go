@@ -56,6 +56,13 @@ var columns = map[int][]column{
 		{head: "new client, all held (ms)", key: "new_client_ms_held", format: "%.0f"},
 		{head: "time to open all (s)", key: "open_s", format: "%.1f"},
 	},
+	5: {
+		{head: "time (s)", key: "seconds", format: "%.2f"},
+		{head: "MiB/s", key: "mib_per_s", format: "%.1f"},
+		{head: "speed vs direct", key: "throughput", vs: true, format: "%.2f"},
+		{head: "proxy CPU (s)", key: "proxy_cpu_s", format: "%.2f"},
+		{head: "proxy peak RSS (MiB)", key: "proxy_peak_rss_mib", format: "%.0f"},
+	},
 }
 
 func (r *Results) machineLine() string {
