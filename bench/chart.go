@@ -41,7 +41,13 @@ var chartPaths = []struct {
 // whiskers, a line at direct's 1.0 and the targets for Kitsune.
 func (r *Results) Chart(file string) error {
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Kitsune vs alternatives, relative to direct Kubo (%d CPUs; %s)", r.Machine.CPUs, r.Machine.Network)
+	where := "loopback"
+	for _, sr := range r.Scenarios {
+		if sr.ID == 5 {
+			where = fmt.Sprintf("loopback; 5: %d Mbit/s, %v RTT", wanRate/1_000_000, wanRTT)
+		}
+	}
+	p.Title.Text = fmt.Sprintf("Kitsune vs alternatives, relative to direct Kubo (%d CPUs, %s)", r.Machine.CPUs, where)
 	p.Y.Label.Text = "speed relative to direct (higher is better)"
 	p.Y.Min = 0
 	p.Legend.Top = true
