@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ipfs/boxo/files"
+	"github.com/ipfs/kubo/core/coreiface/options"
 
 	"github.com/kitsune-lb/kitsune/internal/heliatest"
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
@@ -32,10 +36,18 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	big := randomBytes(t, 64<<20)
-	bigCID, err := node.AddBytes(ctx, big)
-	if err != nil {
-		t.Fatal(err)
+	// The busy client's files are made of 1 MiB blocks, the largest
+	// Bitswap moves, so that each of its queued wants stands for as much
+	// transfer as it can: a FIFO queue then costs Helia seconds, not ms.
+	const busyFiles = 4
+	var bigCIDs []string
+	for range busyFiles {
+		p, err := node.API.Unixfs().Add(ctx, files.NewBytesFile(randomBytes(t, 64<<20)),
+			options.Unixfs.Chunker("size-1048576"), options.Unixfs.RawLeaves(true), options.Unixfs.Pin(true, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		bigCIDs = append(bigCIDs, p.RootCid().String())
 	}
 	const inflight = 2
 	k := startKitsune(t, []*kubotest.Node{node}, func(c *runCmd) { c.MaxInflightPerNode = inflight })
@@ -64,35 +76,38 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 		alone = append(alone, helia("alone"))
 	}
 
-	// The Kubo client fetches the 64 MiB file over and over, dropping it
-	// from its blockstore after each round so that every round crosses
-	// Kitsune again.
+	// The Kubo client pins each 64 MiB file over and over, in parallel
+	// (as a mirror or a backup does): pin add walks a DAG with up to 32
+	// fetches at once, so about a hundred wants arrive together. pin rm
+	// and repo gc drop the blocks after each round so every round
+	// crosses Kitsune again.
 	busyCtx, stopBusy := context.WithCancel(ctx)
 	var rounds atomic.Int64
-	busyErr := make(chan error, 1)
-	go func() {
-		defer close(busyErr)
-		for busyCtx.Err() == nil {
-			// pin add walks the DAG with many fetches at once (as a
-			// mirror or a backup does), so hundreds of wants arrive
-			// together; pin rm and repo gc drop the blocks again.
-			err := kuboRun(busyCtx, client, "pin/add", bigCID.String())
-			if err == nil {
-				err = kuboRun(busyCtx, client, "pin/rm", bigCID.String())
+	busyErr := make(chan error, busyFiles)
+	var wg sync.WaitGroup
+	for _, c := range bigCIDs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for busyCtx.Err() == nil {
+				err := kuboRun(busyCtx, client, "pin/add", c)
+				if err == nil {
+					err = kuboRun(busyCtx, client, "pin/rm", c)
+				}
+				if err == nil {
+					err = kuboRun(busyCtx, client, "repo/gc")
+				}
+				if busyCtx.Err() != nil {
+					return
+				}
+				if err != nil {
+					busyErr <- err
+					return
+				}
+				rounds.Add(1)
 			}
-			if err == nil {
-				err = kuboRun(busyCtx, client, "repo/gc")
-			}
-			if busyCtx.Err() != nil {
-				return
-			}
-			if err != nil {
-				busyErr <- err
-				return
-			}
-			rounds.Add(1)
-		}
-	}()
+		}()
+	}
 	stopped := false
 	stop := func() {
 		if stopped {
@@ -100,6 +115,8 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 		}
 		stopped = true
 		stopBusy()
+		wg.Wait()
+		close(busyErr)
 		if err := <-busyErr; err != nil {
 			t.Fatalf("busy kubo client: %v", err)
 		}
@@ -123,8 +140,8 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 	waitRelayEmpty(t, k)
 
 	aloneMed, busyMed := median(alone), median(busy)
-	t.Logf("helia 1 MiB alone %v (median %v); beside a kubo client fetching 64 MiB with %v of its wants queued in kitsune: %v (median %v); kubo client finished %d rounds",
-		alone, aloneMed, queued, busy, busyMed, r)
+	t.Logf("helia 1 MiB alone %v (median %v); beside a kubo client pinning %d×64 MiB with %v of its wants queued in kitsune: %v (median %v); kubo client finished %d rounds",
+		alone, aloneMed, busyFiles, queued, busy, busyMed, r)
 	// The bound: 3× alone plus 1 s. Alone, Helia fetches 1 MiB in a few
 	// hundred ms on a loopback; beside the busy client it shares the one
 	// node (inflight 4) with it, so each of its wants waits for a slot
