@@ -31,8 +31,13 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 	client := kubotest.Start(t, kubotest.Options{})
 	ctx := testCtx(t, 3*time.Minute)
 
+	// Helia fetches 1 MiB eight directories deep: resolving the path is
+	// nine wants one after another, then the file's root and its leaves,
+	// so every place in the queue Helia's wants lose shows up about
+	// eleven times in its fetch time.
 	small := randomBytes(t, 1<<20)
-	smallCID, err := node.AddBytes(ctx, small)
+	const smallPath = "d1/d2/d3/d4/d5/d6/d7/d8/small.bin"
+	smallCID, err := node.AddDir(ctx, map[string][]byte{smallPath: small})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +54,7 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 		}
 		bigCIDs = append(bigCIDs, p.RootCid().String())
 	}
-	const inflight = 2
+	const inflight = 1 // the node serves one want at a time for Kitsune: all contention is in Kitsune's queue
 	k := startKitsune(t, []*kubotest.Node{node}, func(c *runCmd) { c.MaxInflightPerNode = inflight })
 	if err := client.Connect(ctx, k.info(t, "tcp")); err != nil {
 		t.Fatal(err)
@@ -58,7 +63,7 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 	sum := sha256.Sum256(small)
 	helia := func(phase string) time.Duration {
 		t.Helper()
-		res, err := heliatest.Fetch(ctx, t, ws, smallCID.String(), heliatest.WithTimeout(45*time.Second))
+		res, err := heliatest.Fetch(ctx, t, ws, smallCID.String(), heliatest.WithPath(smallPath), heliatest.WithTimeout(45*time.Second))
 		if err != nil {
 			t.Fatalf("helia fetch (%s): %v", phase, err)
 		}
@@ -140,21 +145,22 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 	waitRelayEmpty(t, k)
 
 	aloneMed, busyMed := median(alone), median(busy)
-	t.Logf("helia 1 MiB alone %v (median %v); beside a kubo client pinning %d×64 MiB with %v of its wants queued in kitsune: %v (median %v); kubo client finished %d rounds",
+	t.Logf("helia 1 MiB 8 dirs deep alone %v (median %v); beside a kubo client pinning %d×64 MiB with %v of its wants queued in kitsune: %v (median %v); kubo client finished %d rounds",
 		alone, aloneMed, busyFiles, queued, busy, busyMed, r)
-	// The bound: 3× alone plus 1 s. Alone, Helia fetches 1 MiB in a few
-	// hundred ms on a loopback; beside the busy client it shares the one
-	// node (inflight 4) with it, so each of its wants waits for a slot
-	// among the Kubo client's blocks in flight, and the 2-core machine is
-	// busy serving 64 MiB. Measured on the 2-core CI box: see the report
-	// in issue 11; without the priorities Helia waits behind the whole
-	// queued backlog and takes several times longer.
-	if bound := 3*aloneMed + time.Second; busyMed > bound {
-		t.Fatalf("helia took %v (median) beside a busy kubo client, over the bound %v (3× its %v alone + 1 s)", busyMed, bound, aloneMed)
+	// The bound: 2.5× alone + 0.5 s. Measured on the shared 2-core box
+	// (inflight 1, ~30 of the busy client's 1 MiB wants queued): with
+	// the priorities Helia took 1.05 s beside the busy client against
+	// 0.6 s alone (1.8×); with them neutralised (every want priority 1,
+	// the queue FIFO) 2.87 s against 0.43 s (6.7×), each of its eleven
+	// sequential wants waiting behind the backlog. The bound sits about
+	// halfway (in ratio) between the two, so load on the machine, which
+	// slows both phases, can double the fair figure before it trips,
+	// while the unfair one still exceeds it nearly twice over.
+	if bound := aloneMed*5/2 + 500*time.Millisecond; busyMed > bound {
+		t.Fatalf("helia took %v (median) beside a busy kubo client, over the bound %v (2.5× its %v alone + 0.5 s)", busyMed, bound, aloneMed)
 	}
 }
 
-// kuboRun runs one RPC command on n and reads its whole answer.
 func kuboRun(ctx context.Context, n *kubotest.Node, cmd string, args ...string) error {
 	resp, err := n.API.Request(cmd, args...).Send(ctx)
 	if err != nil {
