@@ -49,6 +49,7 @@ type runCmd struct {
 	geoipFlags   `embed:"" group:"admin"`
 	dhtFlags     `embed:"" group:"front"`
 	greetFlags   `embed:"" group:"front"`
+	drainFlags   `embed:"" group:"admin"`
 
 	LogLevel string `group:"admin" env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }

@@ -41,6 +41,7 @@ type config struct {
 	GeoIP      *geoip.DB
 	DHT        *proxy.PrivateDHTConfig
 	NoGreet    bool
+	Drain      drainPolicy
 }
 
 func (c *runCmd) config() (config, error) {
@@ -110,6 +111,9 @@ func (c *runCmd) config() (config, error) {
 		return config{}, err
 	}
 	if cfg.DHT, err = c.dhtFlags.config(cfg.Front); err != nil {
+		return config{}, err
+	}
+	if cfg.Drain, err = c.drainFlags.config(); err != nil {
 		return config{}, err
 	}
 	if len(cfg.Listen) == 0 {
@@ -345,7 +349,9 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 
 // run starts Kitsune and blocks until ctx ends.
 func run(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) error {
-	k, err := start(ctx, cfg, out, log)
+	// The parts run until stop, not until ctx ends: they must keep
+	// serving while draining after the signal that ended ctx.
+	k, err := start(context.WithoutCancel(ctx), cfg, out, log)
 	if err != nil {
 		return err
 	}
@@ -364,6 +370,21 @@ func run(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) error 
 			}
 		}
 	}
+	// A second SIGINT or SIGTERM cuts the drain short.
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(again)
+	dctx, dcancel := context.WithCancel(context.Background())
+	defer dcancel()
+	go func() {
+		select {
+		case <-again:
+			dcancel()
+		case <-dctx.Done():
+		}
+	}()
+	k.drain(dctx, cfg.Drain, log)
+	dcancel()
 	log.Info("shutting down")
 	k.stop()
 	select {
@@ -372,6 +393,22 @@ func run(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) error 
 		return errors.New("shutdown took longer than 5s")
 	}
 	return nil
+}
+
+// drain fails /readyz, then serves the wants in flight until p says stop.
+func (k *kitsune) drain(ctx context.Context, p drainPolicy, log *zap.Logger) {
+	k.admin.closing() // the balancer stops sending new connections
+	inFlight := func() int { return relayInFlight(k.relay.Stats()) }
+	if p.Timeout <= 0 {
+		return
+	}
+	log.Info("draining: /readyz reports not ready; serving the wants in flight",
+		zap.Int("in_flight", inFlight()), zap.Duration("drain_timeout", p.Timeout))
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	began := time.Now()
+	o, n := drain(ctx, p, time.Now, tick.C, inFlight)
+	log.Info("drained", zap.Stringer("outcome", o), zap.Int("in_flight", n), zap.Duration("took", time.Since(began)))
 }
 
 // frontInfo is the front host's address info, for tests.
