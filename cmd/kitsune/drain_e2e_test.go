@@ -46,7 +46,8 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
+	exited := make(chan struct{}) // closed once the process is reaped
+	var exitErr error
 	var kitsuneAddr, adminURL string
 	sc := bufio.NewScanner(stdout)
 	for (kitsuneAddr == "" || adminURL == "") && sc.Scan() {
@@ -58,7 +59,7 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 			adminURL = strings.TrimSpace(line[i+len("/readyz) on "):])
 		}
 	}
-	go func() { _, _ = bufio.NewReader(stdout).WriteTo(new(bytes.Buffer)); exited <- cmd.Wait() }()
+	go func() { _, _ = bufio.NewReader(stdout).WriteTo(new(bytes.Buffer)); exitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-exited
@@ -121,9 +122,9 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 		t.Fatalf("fetched %d bytes, not the %d added", len(r.data), len(file))
 	}
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", err, stderr.String())
+	case <-exited:
+		if exitErr != nil {
+			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", exitErr, stderr.String())
 		}
 	case <-time.After(drainTimeout):
 		t.Fatalf("still running %v after SIGTERM; stderr:\n%s", drainTimeout, stderr.String())
