@@ -288,40 +288,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		return false
 	})
 
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(ctx,
-		chromedp.ExecPath(chromium),
-		chromedp.Flag("headless", "new"),
-		chromedp.NoSandbox,
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1440, 1000),
-	)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-
-	var mu sync.Mutex
-	var problems []string
-	messages := chromedp.Console(bctx)
-	go func() {
-		for msg, err := range messages {
-			if err != nil {
-				return
-			}
-			if msg.IsException() || msg.Type == "error" {
-				mu.Lock()
-				problems = append(problems, fmt.Sprintf("%s:%d %s", msg.URL, msg.Line+1, msg))
-				mu.Unlock()
-			}
-		}
-	}()
+	bctx, noPageErrors := dashboardBrowser(t, ctx)
 
 	if err := chromedp.Do(bctx, chromedp.Navigate(k.admin.url()+"/"),
 		chromedp.WaitVisible(`#nodes tbody tr[data-peer]`)); err != nil {
@@ -388,11 +355,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "dashboard.png"), png, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(problems) > 0 {
-		t.Fatalf("the page logged errors:\n%s", strings.Join(problems, "\n"))
-	}
+	noPageErrors()
 }
 
 func TestAdminFlagsConfig(t *testing.T) {

@@ -2,11 +2,11 @@ package main
 
 import (
 	"fmt"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -95,18 +95,16 @@ func TestGeoIPByCountry(t *testing.T) {
 
 	want := map[string]int{"DE": 2, "BR": 1}
 	var seen []geoip.Country
-	deadline := time.Now().Add(30 * time.Second)
-	for !geoMatches(seen, want, len(data)) {
-		if time.Now().After(deadline) {
-			t.Fatalf("/api/status after 30s: %+v; want peers %v, each peer's file counted as sent", seen, want)
-		}
-		time.Sleep(100 * time.Millisecond)
+	testkit.EventuallyEvery(t, 30*time.Second, 100*time.Millisecond, func() string {
+		return fmt.Sprintf("/api/status after 30s: %+v; want peers %v, each peer's file counted as sent", seen, want)
+	}, func() bool {
 		g := k.status(t).Geo
 		if g == nil {
 			t.Fatal("/api/status has no geo part with --geoip-db")
 		}
 		seen = g.Countries
-	}
+		return geoMatches(seen, want, len(data))
+	})
 	st := k.status(t).Geo
 	t.Logf("/api/status geo: %+v", st.Countries)
 	if cs := findCountry(st.Countries, "JP"); cs.Peers != 0 || cs.Connections != 0 {
@@ -173,39 +171,7 @@ func findCountry(cs []geoip.Country, code string) geoip.Country {
 // screenshot.
 func dashboardGeo(t *testing.T, k *kitsune, want map[string]int) {
 	t.Helper()
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(testCtx(t, 2*time.Minute),
-		chromedp.ExecPath(chromium),
-		chromedp.Flag("headless", "new"),
-		chromedp.NoSandbox,
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1440, 1000),
-	)
-	defer cancelAlloc()
-	bctx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-	var mu sync.Mutex
-	var problems []string
-	messages := chromedp.Console(bctx)
-	go func() {
-		for msg, err := range messages {
-			if err != nil {
-				return
-			}
-			if msg.IsException() || msg.Type == "error" {
-				mu.Lock()
-				problems = append(problems, fmt.Sprintf("%s:%d %s", msg.URL, msg.Line+1, msg))
-				mu.Unlock()
-			}
-		}
-	}()
+	bctx, noPageErrors := dashboardBrowser(t, testCtx(t, 2*time.Minute))
 	if err := chromedp.Do(bctx, chromedp.Navigate(k.admin.url()+"/"),
 		chromedp.WaitVisible(`#countries tbody tr[data-country="DE"]`),
 		chromedp.WaitReady(`#world path[data-code="DE"][data-peers="2"]`)); err != nil {
@@ -256,9 +222,5 @@ func dashboardGeo(t *testing.T, k *kitsune, want map[string]int) {
 	if err := os.WriteFile(filepath.Join(dir, "dashboard-geo.png"), png, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(problems) > 0 {
-		t.Fatalf("the page logged errors:\n%s", strings.Join(problems, "\n"))
-	}
+	noPageErrors()
 }
