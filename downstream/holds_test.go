@@ -3,6 +3,7 @@ package downstream
 import (
 	"context"
 	"errors"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 	"testing"
 	"time"
 
@@ -33,13 +34,8 @@ func TestHoldsAsksANodeOffline(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); p.Run(runCtx) }()
 	t.Cleanup(func() { stop(); <-done })
-	deadline := time.Now().Add(30 * time.Second)
-	for p.ConnectedCount() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("the node never joined")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 30*time.Second, testkit.Say("the node never joined"),
+		func() bool { return p.ConnectedCount() == 1 })
 
 	if ok, err := p.Holds(ctx, empty); err != nil || !ok {
 		t.Fatalf("Holds(empty directory) = %v, %v; want true", ok, err)

@@ -2,6 +2,7 @@ package httpfront
 
 import (
 	"context"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -228,10 +229,8 @@ func TestPerIPLimit(t *testing.T) {
 		}()
 	}
 	// Both slots are taken once the node has seen both lookups.
-	deadline := time.Now().Add(10 * time.Second)
-	for f.check.calls.Load() < 2 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, testkit.Say("both lookups at the node"),
+		func() bool { return f.check.calls.Load() >= 2 })
 	resp := get(3)
 	if resp == nil {
 		t.FailNow()
@@ -286,10 +285,8 @@ func TestPerIPLimitBehindProxy(t *testing.T) {
 				resp.Body.Close()
 				first <- resp.StatusCode
 			}()
-			deadline := time.Now().Add(10 * time.Second)
-			for f.check.calls.Load() < 1 && time.Now().Before(deadline) {
-				time.Sleep(time.Millisecond)
-			}
+			testkit.Eventually(t, 10*time.Second, testkit.Say("client A's lookup at the node"),
+				func() bool { return f.check.calls.Load() >= 1 })
 			// B's lookup is held at the gate too, so answer it in the
 			// background and read only its status when it is refused.
 			second := make(chan int, 1)
@@ -308,12 +305,8 @@ func TestPerIPLimitBehindProxy(t *testing.T) {
 				}
 				close(gate)
 			} else {
-				for f.check.calls.Load() < 2 && time.Now().Before(deadline) {
-					time.Sleep(time.Millisecond)
-				}
-				if f.check.calls.Load() < 2 {
-					t.Fatal("client B was not admitted beside A")
-				}
+				testkit.Eventually(t, 10*time.Second, testkit.Say("client B was not admitted beside A"),
+					func() bool { return f.check.calls.Load() >= 2 })
 				close(gate)
 				if s := <-second; s != tc.second {
 					t.Fatalf("client B: %d, want %d", s, tc.second)

@@ -3,6 +3,7 @@ package httpfront
 import (
 	"context"
 	"errors"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -145,10 +146,8 @@ func TestHoldsSharesConcurrentLookups(t *testing.T) {
 		}()
 	}
 	// Wait until the one lookup is at the node, then let it answer.
-	deadline := time.Now().Add(10 * time.Second)
-	for fc.calls.Load() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, testkit.Say("the lookup at the node"),
+		func() bool { return fc.calls.Load() > 0 })
 	close(fc.gate)
 	wg.Wait()
 	close(results)

@@ -3,6 +3,8 @@ package main
 import (
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 	"os"
 	"path/filepath"
 	"slices"
@@ -79,18 +81,18 @@ func TestPrivateDHT(t *testing.T) {
 	// connect; a lookup before B has shown up there may find nothing, so
 	// it is retried a few times.
 	var found string
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		out, err := a.ipfs(testCtx(t, 30*time.Second), "routing", "findpeer", "--timeout=20s", b.ID)
-		if err == nil && strings.Contains(string(out), "/ip4/127.0.0.4/tcp/4001") {
-			found = strings.TrimSpace(string(out))
-			break
+	var lastErr error
+	var lastOut []byte
+	testkit.EventuallyEvery(t, 60*time.Second, 2*time.Second, func() string {
+		return fmt.Sprintf("A could not find B through the DHT: %v\n%s", lastErr, lastOut)
+	}, func() bool {
+		lastOut, lastErr = a.ipfs(testCtx(t, 30*time.Second), "routing", "findpeer", "--timeout=20s", b.ID)
+		if lastErr == nil && strings.Contains(string(lastOut), "/ip4/127.0.0.4/tcp/4001") {
+			found = strings.TrimSpace(string(lastOut))
+			return true
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("A could not find B through the DHT: %v\n%s", err, out)
-		}
-		time.Sleep(2 * time.Second)
-	}
+		return false
+	})
 	t.Logf("A found B at: %s", strings.ReplaceAll(found, "\n", " "))
 	a.mustIPFS(t, "swarm", "connect", "/ip4/127.0.0.4/tcp/4001/p2p/"+b.ID)
 	if !a.connectedTo(t, b.ID) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 	"io"
 	"net/http"
 	"os"
@@ -190,20 +191,13 @@ func (o *offLAN) fetch(t *testing.T, client *kubotest.Node, k *nsKitsune, limit 
 // starting `ipfs cat` takes far longer.
 func waitGreeted(t *testing.T, ctx context.Context, client *kubotest.Node) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testkit.EventuallyEvery(t, 10*time.Second, 5*time.Millisecond, testkit.Say("the client got no greeting from Kitsune within 10s"), func() bool {
 		var st struct{ MessagesReceived uint64 }
 		if err := client.API.Request("bitswap/stat").Exec(ctx, &st); err != nil {
 			t.Fatal(err)
 		}
-		if st.MessagesReceived > 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the client got no greeting from Kitsune within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return st.MessagesReceived > 0
+	})
 }
 
 // The case measured by hand in issue 12: Kitsune at 198.51.100.1 with one

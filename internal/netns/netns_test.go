@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 	"io"
 	"net"
 	"os"
@@ -126,16 +127,10 @@ func TestStartRunsInsideAndCleansUp(t *testing.T) {
 			t.Fatal("process not in its own group")
 		}
 		pid = p.Cmd.Process.Pid
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if pgid, err := syscall.Getpgid(pid); err == nil && pgid == pid {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("process group never formed")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		testkit.Eventually(t, 10*time.Second, testkit.Say("process group never formed"), func() bool {
+			pgid, err := syscall.Getpgid(pid)
+			return err == nil && pgid == pid
+		})
 	})
 	if err := syscall.Kill(-pid, 0); err == nil {
 		t.Fatalf("process group %d still alive after cleanup", pid)
@@ -199,13 +194,9 @@ func TestProxyAddsDelay(t *testing.T) {
 		t.Fatalf("proxy tracks %d sockets, want 2", p.Conns())
 	}
 	c.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for p.Conns() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("proxy still tracks %d sockets after the client closed", p.Conns())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second,
+		func() string { return fmt.Sprintf("proxy still tracks %d sockets after the client closed", p.Conns()) },
+		func() bool { return p.Conns() == 0 })
 }
 
 func TestShapeLimitsRate(t *testing.T) {
