@@ -46,4 +46,6 @@ type Stats struct {
 	Sessions     int
 	Authorised   int
 	ReverseWants int
+	// Local fetches (Fetch) not yet ended.
+	Local int
 }

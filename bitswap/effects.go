@@ -23,19 +23,35 @@ func (f shellFx) cancel(node peer.ID, c cid.Cid) {
 }
 
 func (f shellFx) block(to peer.ID, b blocks.Block) {
+	if l := f.r.locals[to]; l != nil {
+		l.block(b)
+		return
+	}
 	f.r.outLocked(to).reply.addBlock(f.r.ctx, b)
 }
 
 func (f shellFx) presence(to peer.ID, c cid.Cid, t pb.Message_BlockPresenceType) {
+	if l := f.r.locals[to]; l != nil {
+		if t == pb.Message_DontHave {
+			l.dontHave(c)
+		}
+		return
+	}
 	f.r.outLocked(to).reply.addPresence(f.r.ctx, c, t)
 }
 
 func (f shellFx) backlogged(to peer.ID) bool {
+	if l := f.r.locals[to]; l != nil {
+		return l.full()
+	}
 	o := f.r.outs[to]
 	return o != nil && o.reply.full()
 }
 
 func (f shellFx) protect(p peer.ID, on bool) {
+	if f.r.locals[p] != nil {
+		return // no connection to keep
+	}
 	if on {
 		f.r.front.Protect(p, wantsTag)
 	} else {

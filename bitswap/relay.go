@@ -73,6 +73,10 @@ type Relay struct {
 	outs    map[peer.ID]*peerOut
 	nodeOut map[peer.ID]*wantOutbox
 	fetches map[uint64]context.CancelFunc
+	// locals are the local fetches (fetch.go), by their synthetic peer
+	// IDs; nil once closed.
+	locals   map[peer.ID]*localFetch
+	localSeq uint64
 
 	// Reverse sessions (preload): see reverse.go.
 	rev *reverseSet
@@ -94,6 +98,7 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 		outs:    make(map[peer.ID]*peerOut),
 		nodeOut: make(map[peer.ID]*wantOutbox),
 		fetches: make(map[uint64]context.CancelFunc),
+		locals:  make(map[peer.ID]*localFetch),
 	}
 	r.core = newCore(cfg, shellFx{r}, down, &r.counters)
 	r.rev = newReverseSet(hostPeers{front.Host().Network()}, shellFx{r}, &r.counters)
@@ -130,6 +135,7 @@ func (r *Relay) Close(ctx context.Context) error {
 	r.front.Stop()
 	r.mu.Lock()
 	byNode := r.core.closeAll()
+	r.endLocalsLocked()
 	for p, o := range r.outs {
 		o.close()
 		delete(r.outs, p)
@@ -157,7 +163,7 @@ func (r *Relay) Close(ctx context.Context) error {
 func (r *Relay) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := Stats{Sessions: len(r.rev.sessions), Authorised: len(r.rev.auth), ReverseWants: len(r.rev.wants)}
+	s := Stats{Sessions: len(r.rev.sessions), Authorised: len(r.rev.auth), ReverseWants: len(r.rev.wants), Local: len(r.locals)}
 	r.core.stats(&s)
 	return s
 }
