@@ -8,4 +8,8 @@
 // check on the node the pool's policy picks (then, on a miss, a few other
 // healthy nodes), remembered in a small bounded cache. No query ever
 // starts a network-wide search.
+//
+// What Kitsune cannot answer from its own knowledge (other peers'
+// records, IPNS, closest peers) Fleet asks of a fleet node's own
+// /routing/v1, with failover, through boxo's client.
 package httpfront

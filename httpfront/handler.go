@@ -1,8 +1,12 @@
 package httpfront
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
+	"github.com/ipfs/boxo/ipns"
 	"github.com/kitsune-lb/kitsune/internal/iplimit"
+	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -39,6 +43,10 @@ type Config struct {
 	// Observe, when set, hears how each providers answer was reached and
 	// how long deciding took.
 	Observe func(Outcome, time.Duration)
+	// Fleet, when set, answers other peers' records, IPNS (GET and PUT)
+	// and closest peers from the fleet's own /routing/v1; without it
+	// those get not found or 501.
+	Fleet *Fleet
 }
 
 // RoutingPrefix is the path every routing request starts with.
@@ -49,6 +57,7 @@ type Handler struct {
 	routing http.Handler
 	limit   *iplimit.Limiter
 	trusted []netip.Prefix
+	fleet   bool
 }
 
 // New checks cfg and returns a Handler.
@@ -68,7 +77,7 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
-	r := &Router{self: cfg.Self, holdings: cfg.Holdings, observe: cfg.Observe}
+	r := &Router{self: cfg.Self, holdings: cfg.Holdings, observe: cfg.Observe, fleet: cfg.Fleet}
 	return &Handler{
 		routing: server.Handler(r,
 			server.WithRoutingTimeout(cfg.Timeout),
@@ -77,6 +86,7 @@ func New(cfg Config) (*Handler, error) {
 		),
 		limit:   iplimit.New(cfg.MaxPerIP),
 		trusted: cfg.TrustedProxies,
+		fleet:   cfg.Fleet != nil,
 	}, nil
 }
 
@@ -86,8 +96,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// and read-only, so any origin may read it.
 	w.Header().Set("Access-Control-Allow-Origin", "*")
 	if r.Method == http.MethodOptions {
-		w.Header().Set("Access-Control-Allow-Methods", "GET, OPTIONS")
-		w.Header().Set("Access-Control-Allow-Headers", "Accept")
+		w.Header().Set("Access-Control-Allow-Methods", "GET, PUT, OPTIONS")
+		w.Header().Set("Access-Control-Allow-Headers", "Accept, Content-Type")
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
@@ -101,9 +111,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "method not allowed: only GET is served", http.StatusMethodNotAllowed)
 			return
 		}
-	case strings.HasPrefix(p, RoutingPrefix+"ipns/"), strings.HasPrefix(p, RoutingPrefix+"dht/"):
+	case !h.fleet && (strings.HasPrefix(p, RoutingPrefix+"ipns/") || strings.HasPrefix(p, RoutingPrefix+"dht/")):
 		http.Error(w, "not implemented: Kitsune answers /routing/v1/providers and /routing/v1/peers only", http.StatusNotImplemented)
 		return
+	case strings.HasPrefix(p, RoutingPrefix+"ipns/"):
+		if !checkIPNSRequest(w, r) {
+			return
+		}
+	case strings.HasPrefix(p, RoutingPrefix+"dht/closest/peers/"):
+		if r.Method != http.MethodGet {
+			w.Header().Set("Allow", "GET, OPTIONS")
+			http.Error(w, "method not allowed: only GET is served", http.StatusMethodNotAllowed)
+			return
+		}
 	default:
 		http.NotFound(w, r)
 		return
@@ -116,4 +136,36 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	h.routing.ServeHTTP(w, r)
+}
+
+// checkIPNSRequest refuses what boxo's server would not refuse the way
+// the API promises: a PUT body over the IPNS size limit (boxo reads only
+// the first MaxRecordSize bytes and would call the rest malformed) gets
+// 413. It replaces a PUT body with the bytes read, so the server sees the
+// whole record. It reports whether the request goes on.
+func checkIPNSRequest(w http.ResponseWriter, r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet:
+		return true
+	case http.MethodPut:
+	default:
+		w.Header().Set("Allow", "GET, PUT, OPTIONS")
+		http.Error(w, "method not allowed: GET and PUT are served", http.StatusMethodNotAllowed)
+		return false
+	}
+	if r.ContentLength > int64(ipns.MaxRecordSize) {
+		http.Error(w, fmt.Sprintf("IPNS record over %d bytes", ipns.MaxRecordSize), http.StatusRequestEntityTooLarge)
+		return false
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, int64(ipns.MaxRecordSize)+1))
+	if err != nil {
+		http.Error(w, "reading the record: "+err.Error(), http.StatusBadRequest)
+		return false
+	}
+	if len(body) > ipns.MaxRecordSize {
+		http.Error(w, fmt.Sprintf("IPNS record over %d bytes", ipns.MaxRecordSize), http.StatusRequestEntityTooLarge)
+		return false
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return true
 }

@@ -41,6 +41,7 @@ type Router struct {
 	self     Self
 	holdings *Holdings
 	observe  func(Outcome, time.Duration)
+	fleet    *Fleet // nil: other peers, IPNS and closest peers are not served
 }
 
 var _ server.DelegatedRouter = (*Router)(nil)
@@ -59,34 +60,49 @@ func (r *Router) FindProviders(ctx context.Context, c cid.Cid, _ int) (iter.Resu
 	return iter.FromSlice([]iter.Result[types.Record]{{Val: r.self.record()}}), nil
 }
 
-// FindPeers answers Kitsune's own record for its own ID. Other peers are
-// not looked up (not found): Kitsune is not a general peer router yet.
+// FindPeers answers Kitsune's own record for its own ID; other peers are
+// looked up by the fleet (see Fleet), or not found without one.
 func (r *Router) FindPeers(ctx context.Context, pid peer.ID, _ int) (iter.ResultIter[*types.PeerRecord], error) {
 	if pid != r.self.ID {
-		return nil, routing.ErrNotFound
+		if r.fleet == nil {
+			return nil, routing.ErrNotFound
+		}
+		return r.fleet.FindPeers(ctx, pid)
 	}
 	return iter.FromSlice([]iter.Result[*types.PeerRecord]{{Val: r.self.record()}}), nil
 }
 
-// The rest of the API is refused before it reaches boxo's handler (see
-// Handler); these are never called, and say so if they are.
-
-// ProvideBitswap implements server.DelegatedRouter.
+// ProvideBitswap implements server.DelegatedRouter. It is refused before
+// it reaches boxo's handler (see Handler): the fleet's content is
+// announced by Kitsune, not by callers.
 func (r *Router) ProvideBitswap(context.Context, *server.BitswapWriteProvideRequest) (time.Duration, error) {
 	return 0, routing.ErrNotSupported
 }
 
+// The IPNS and closest-peers routes reach these only with a fleet (see
+// Handler).
+
 // GetIPNS implements server.DelegatedRouter.
-func (r *Router) GetIPNS(context.Context, ipns.Name) (*ipns.Record, error) {
-	return nil, routing.ErrNotSupported
+func (r *Router) GetIPNS(ctx context.Context, name ipns.Name) (*ipns.Record, error) {
+	if r.fleet == nil {
+		return nil, routing.ErrNotSupported
+	}
+	return r.fleet.GetIPNS(ctx, name)
 }
 
-// PutIPNS implements server.DelegatedRouter.
-func (r *Router) PutIPNS(context.Context, ipns.Name, *ipns.Record) error {
-	return routing.ErrNotSupported
+// PutIPNS implements server.DelegatedRouter. boxo's server has already
+// checked the record's signature, validity and name.
+func (r *Router) PutIPNS(ctx context.Context, name ipns.Name, rec *ipns.Record) error {
+	if r.fleet == nil {
+		return routing.ErrNotSupported
+	}
+	return r.fleet.PutIPNS(ctx, name, rec)
 }
 
 // GetClosestPeers implements server.DelegatedRouter.
-func (r *Router) GetClosestPeers(context.Context, cid.Cid) (iter.ResultIter[*types.PeerRecord], error) {
-	return nil, routing.ErrNotSupported
+func (r *Router) GetClosestPeers(ctx context.Context, key cid.Cid) (iter.ResultIter[*types.PeerRecord], error) {
+	if r.fleet == nil {
+		return nil, routing.ErrNotSupported
+	}
+	return r.fleet.GetClosestPeers(ctx, key)
 }

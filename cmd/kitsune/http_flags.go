@@ -20,7 +20,7 @@ import (
 // HTTP-routing clients (Helia) find Kitsune as the provider of what the
 // fleet holds.
 type httpFlags struct {
-	HTTP          string        `name:"http" env:"KITSUNE_HTTP" placeholder:"[HOST:]PORT" help:"Serve delegated routing (GET /routing/v1/providers/{cid} and /routing/v1/peers/{id}) on this port, or host:port, or TCP multiaddr, as -p takes. Providers queries answer Kitsune's own peer record when a fleet node holds the CID (an offline block lookup on the node the policy picks, cached). Empty or 0 (the default) turns it off."`
+	HTTP          string        `name:"http" env:"KITSUNE_HTTP" placeholder:"[HOST:]PORT" help:"Serve delegated routing (/routing/v1) on this port, or host:port, or TCP multiaddr, as -p takes. Providers queries answer Kitsune's own peer record when a fleet node holds the CID (an offline block lookup on the node the policy picks, cached); peers (other than Kitsune), IPNS (GET, PUT) and closest peers are asked of a healthy fleet node's own /routing/v1 (its gateway port, which must be fixed in Addresses.Gateway). Empty or 0 (the default) turns it off."`
 	HTTPMaxPerIP  int           `name:"http-max-per-ip" env:"KITSUNE_HTTP_MAX_PER_IP" default:"16" help:"Concurrent routing requests per client IP (per /64 for IPv6); more get 429."`
 	HTTPTimeout   time.Duration `name:"http-timeout" env:"KITSUNE_HTTP_TIMEOUT" default:"10s" help:"Longest routing answer (Helia gives up after 30s)."`
 	HTTPCheckTime time.Duration `name:"http-check-timeout" env:"KITSUNE_HTTP_CHECK_TIMEOUT" default:"2s" help:"How long a fleet node has to say whether it holds a CID; no answer counts as no for that request and is not cached."`
@@ -88,7 +88,16 @@ func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, reg prome
 	if err != nil {
 		return nil, err
 	}
+	fleet, err := httpfront.NewFleet(httpfront.FleetConfig{
+		Locator:  poolLocator{pool},
+		Routing:  &httpfront.KuboRouting{},
+		MaxNodes: maxCheckedNodes,
+	})
+	if err != nil {
+		return nil, err
+	}
 	h, err := httpfront.New(httpfront.Config{
+		Fleet:          fleet,
 		Self:           httpfront.Self{ID: front.ID(), Addrs: front.Addrs},
 		Holdings:       hold,
 		MaxPerIP:       cfg.MaxPerIP,
