@@ -41,8 +41,30 @@ const kitsuneAdminPort = 5080
 // healthy node). Extra arguments go last.
 func startKitsuneIn(t *testing.T, bin string, ns *netns.NS, fleet []*kubotest.Node, listen []string, extra ...string) *nsKitsune {
 	t.Helper()
+	return startKitsuneInWith(t, bin, ns, fleet, nsKitsuneOpts{}, listen, extra...)
+}
+
+// nsKitsuneOpts are what replicas sharing a namespace need to differ in.
+type nsKitsuneOpts struct {
+	// Key is the key file; empty makes a new one. Replicas share one.
+	Key string
+	// Admin is the admin listen address; empty is 127.0.0.1:5080.
+	Admin string
+}
+
+// startKitsuneInWith is startKitsuneIn with a given key file or admin
+// address.
+func startKitsuneInWith(t *testing.T, bin string, ns *netns.NS, fleet []*kubotest.Node, o nsKitsuneOpts, listen []string, extra ...string) *nsKitsune {
+	t.Helper()
 	dir := t.TempDir()
-	key := filepath.Join(dir, "kitsune.key")
+	key := o.Key
+	if key == "" {
+		key = filepath.Join(dir, "kitsune.key")
+	}
+	admin := o.Admin
+	if admin == "" {
+		admin = fmt.Sprintf("127.0.0.1:%d", kitsuneAdminPort)
+	}
 	// Made here rather than by the binary so the test knows the peer ID
 	// without parsing output; the binary loads the same file.
 	priv, _, err := proxy.LoadOrCreateKey(key)
@@ -53,7 +75,7 @@ func startKitsuneIn(t *testing.T, bin string, ns *netns.NS, fleet []*kubotest.No
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"-k", key, "--admin", fmt.Sprintf("127.0.0.1:%d", kitsuneAdminPort), "--log-level", "debug"}
+	args := []string{"-k", key, "--admin", admin, "--log-level", "debug"}
 	for _, n := range fleet {
 		args = append(args, "-d", n.APIURL)
 	}
@@ -61,7 +83,7 @@ func startKitsuneIn(t *testing.T, bin string, ns *netns.NS, fleet []*kubotest.No
 		args = append(args, "-l", l)
 	}
 	args = append(args, extra...)
-	k := &nsKitsune{ID: id, Key: key, Admin: fmt.Sprintf("http://127.0.0.1:%d", kitsuneAdminPort), ns: ns, log: filepath.Join(dir, "kitsune.log")}
+	k := &nsKitsune{ID: id, Key: key, Admin: "http://" + admin, ns: ns, log: filepath.Join(dir, "kitsune.log")}
 	logf, err := os.Create(k.log)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,558 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/kitsune-lb/kitsune/internal/kubotest"
+	"github.com/kitsune-lb/kitsune/internal/netns"
+	"github.com/kitsune-lb/kitsune/proxy"
+)
+
+// replicaWorld is the deployment of docs/deploy.md, "Replicas behind
+// HAProxy", in network namespaces: clients (198.51.100.2 and up) reach
+// HAProxy at 198.51.100.1, which balances in TCP mode over two Kitsune
+// replicas sharing one key at 203.0.113.2 (one namespace, distinct ports),
+// in front of two Kubo nodes on that namespace's loopback. HAProxy's
+// configuration is deploy/haproxy/haproxy.cfg with the addresses replaced,
+// so the test runs the health check and stickiness the operator gets.
+type replicaWorld struct {
+	bin          string
+	lb, srv, cli *netns.NS
+	fleet        []*kubotest.Node
+	key          string
+	id           peer.ID
+	replicas     [2]*nsKitsune
+	extra        []string // more replica flags
+	haproxy      *haproxyProc
+}
+
+const (
+	lbClientSide  = "198.51.100.1" // the balancer's address clients dial
+	lbReplicaSide = "203.0.113.1"  // where the balancer's connections to replicas come from
+	replicaHost   = "203.0.113.2"
+	lbTCPPort     = 4001
+	lbWSPort      = 4002
+)
+
+// The listen ports of replica i: libp2p TCP, WebSocket, admin.
+func replicaPorts(i int) (tcp, ws, admin int) { return 4011 + i, 4021 + i, 5081 + i }
+
+// replicaOpts adjust a replicaWorld.
+type replicaOpts struct {
+	// Extra flags for both replicas.
+	Extra []string
+	// SendProxy makes HAProxy send a PROXY protocol v2 header to the
+	// replicas' TCP and WebSocket listeners.
+	SendProxy bool
+	// Clients is how many client addresses the client namespace has
+	// (198.51.100.2, .3, …); at least one.
+	Clients int
+}
+
+func newReplicaWorld(t *testing.T, bin string, o replicaOpts) *replicaWorld {
+	t.Helper()
+	w := netns.New(t)
+	rw := &replicaWorld{bin: bin, lb: w.Namespace("lb"), srv: w.Namespace("replicas"), cli: w.Namespace("client"), extra: o.Extra}
+	cl := w.Link(rw.lb, lbClientSide+"/24", rw.cli, "198.51.100.2/24")
+	for i := 1; i < o.Clients; i++ {
+		rw.cli.Exec("ip", "addr", "add", fmt.Sprintf("198.51.100.%d/24", 2+i), "dev", cl.B.Dev)
+	}
+	w.Link(rw.lb, lbReplicaSide+"/24", rw.srv, replicaHost+"/24")
+	// Clients can reach the replicas only through the balancer's
+	// address, but a route lets a test dial a replica directly, as an
+	// attacker on the path could.
+	rw.lb.Forward()
+	rw.cli.Route("203.0.113.0/24", lbClientSide)
+	rw.srv.Route("198.51.100.0/24", lbReplicaSide)
+
+	for range 2 {
+		rw.fleet = append(rw.fleet, kubotest.Start(t, kubotest.Options{In: rw.srv}))
+	}
+	rw.key = filepath.Join(t.TempDir(), "kitsune.key")
+	priv, _, err := proxy.LoadOrCreateKey(rw.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rw.id, err = peer.IDFromPrivateKey(priv); err != nil {
+		t.Fatal(err)
+	}
+	for i := range rw.replicas {
+		rw.start(t, i)
+	}
+	rw.haproxy = startHAProxy(t, rw.lb, o.SendProxy)
+	rw.waitBalancer(t, 0, true)
+	rw.waitBalancer(t, 1, true)
+	return rw
+}
+
+// start runs replica i (again, after a kill or a drain) with the shared key.
+func (rw *replicaWorld) start(t *testing.T, i int) {
+	t.Helper()
+	tcp, ws, admin := replicaPorts(i)
+	args := []string{
+		"-w", fmt.Sprintf("/ip4/%s/tcp/%d", replicaHost, ws),
+		// Replicas announce the balancer's addresses, not their own:
+		// clients keep the newest signed peer record, so every replica
+		// must announce the same ones.
+		"--announce", fmt.Sprintf("/ip4/%s/tcp/%d,/ip4/%s/tcp/%d/ws", lbClientSide, lbTCPPort, lbClientSide, lbWSPort),
+		"--drain-timeout", "60s",
+	}
+	args = append(args, rw.extra...)
+	rw.replicas[i] = startKitsuneInWith(t, rw.bin, rw.srv, rw.fleet,
+		nsKitsuneOpts{Key: rw.key, Admin: fmt.Sprintf("%s:%d", replicaHost, admin)},
+		[]string{fmt.Sprintf("/ip4/%s/tcp/%d", replicaHost, tcp)}, args...)
+}
+
+// status is the part of a replica's /api/status the tests read.
+type replicaStatus struct {
+	Upstream struct {
+		Peers int `json:"peers"`
+	} `json:"upstream"`
+	Relay struct {
+		Wants     int    `json:"wants"`
+		BlocksOut uint64 `json:"blocks_out"`
+	} `json:"relay"`
+}
+
+func (rw *replicaWorld) status(ctx context.Context, i int) (replicaStatus, error) {
+	var st replicaStatus
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rw.replicas[i].Admin+"/api/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := rw.srv.HTTPClient().Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// carrier waits until exactly one running replica has an upstream peer
+// (the one client) and returns it.
+func (rw *replicaWorld) carrier(t *testing.T, ctx context.Context) int {
+	t.Helper()
+	found := -1
+	eventually(t, 30*time.Second, "one replica carrying the client", func() bool {
+		found = -1
+		for i := range rw.replicas {
+			select {
+			case <-rw.replicas[i].Proc.Done():
+				continue
+			default:
+			}
+			st, err := rw.status(ctx, i)
+			if err != nil {
+				continue
+			}
+			if st.Upstream.Peers > 0 {
+				if found >= 0 {
+					return false
+				}
+				found = i
+			}
+		}
+		return found >= 0
+	})
+	return found
+}
+
+// waitBalancer waits until HAProxy sees replica i up (or down) in both
+// backends.
+func (rw *replicaWorld) waitBalancer(t *testing.T, i int, up bool) {
+	t.Helper()
+	want := "DOWN"
+	if up {
+		want = "UP"
+	}
+	name := fmt.Sprintf("kitsune%d", i+1)
+	eventually(t, 30*time.Second, fmt.Sprintf("HAProxy reporting %s %s", name, want), func() bool {
+		st := rw.haproxy.serverStatus(t)
+		return strings.HasPrefix(st["kitsune_tcp/"+name], want) && strings.HasPrefix(st["kitsune_ws/"+name], want)
+	})
+}
+
+// peeredClient starts a Kubo client at the first client address with the
+// balancer's address in Peering.Peers, and waits until it is connected.
+func (rw *replicaWorld) peeredClient(t *testing.T) *kubotest.Node {
+	t.Helper()
+	c := kubotest.Start(t, kubotest.Options{In: rw.cli, Config: map[string]any{
+		"Peering.Peers": []map[string]any{{"ID": rw.id.String(), "Addrs": []string{fmt.Sprintf("/ip4/%s/tcp/%d", lbClientSide, lbTCPPort)}}},
+	}})
+	rw.waitConnected(t, c)
+	return c
+}
+
+func (rw *replicaWorld) waitConnected(t *testing.T, c *kubotest.Node) {
+	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	eventually(t, 45*time.Second, "the client peered with Kitsune through the balancer", func() bool {
+		peers, err := c.Peers(ctx)
+		if err != nil {
+			return false
+		}
+		for _, p := range peers {
+			if p == rw.id {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// add puts data on every fleet node.
+func (rw *replicaWorld) add(t *testing.T, data []byte) cid.Cid {
+	t.Helper()
+	var root cid.Cid
+	for _, n := range rw.fleet {
+		c, err := n.AddBytes(testCtx(t, 2*time.Minute), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		root = c
+	}
+	return root
+}
+
+// catProgress is one `ipfs cat` read as it streams.
+type catProgress struct {
+	Data []byte
+	// MaxGap is the longest time between two reads of the stream after
+	// the first byte: what the application saw as a stall.
+	MaxGap time.Duration
+	// GapAt is how many bytes had arrived when MaxGap began.
+	GapAt int
+	Took  time.Duration
+}
+
+// catStream cats c on the client over its RPC API, timing every read of
+// the streamed body; at is called once, from the reading goroutine, when
+// atBytes have arrived.
+func catStream(ctx context.Context, c *kubotest.Node, root cid.Cid, atBytes int, at func()) (catProgress, error) {
+	var p catProgress
+	start := time.Now()
+	resp, err := c.API.Request("cat", root.String()).Send(ctx)
+	if err != nil {
+		return p, err
+	}
+	if resp.Error != nil {
+		return p, resp.Error
+	}
+	defer resp.Close()
+	buf := make([]byte, 64<<10)
+	var last time.Time
+	fired := false
+	for {
+		n, err := resp.Output.Read(buf)
+		if n > 0 {
+			now := time.Now()
+			if !last.IsZero() && now.Sub(last) > p.MaxGap {
+				p.MaxGap, p.GapAt = now.Sub(last), len(p.Data)
+			}
+			last = now
+			p.Data = append(p.Data, buf[:n]...)
+			if !fired && len(p.Data) >= atBytes && at != nil {
+				fired = true
+				at()
+			}
+		}
+		if err == io.EOF {
+			p.Took = time.Since(start)
+			return p, nil
+		}
+		if err != nil {
+			return p, fmt.Errorf("cat after %d bytes: %w", len(p.Data), err)
+		}
+	}
+}
+
+// haproxyProc is HAProxy running in the balancer's namespace.
+type haproxyProc struct {
+	proc *netns.Proc
+	sock string // the admin socket (a Unix socket: reachable from any namespace)
+	log  string
+}
+
+// haproxyConfig rewrites deploy/haproxy/haproxy.cfg for the test world:
+// frontends bind the balancer's client-side address, servers point at the
+// replicas' ports with each replica's admin port for the health check,
+// an admin socket is added and maxconn lowered. Everything else (balance, stickiness,
+// health check, timeouts) is the deployed file's. It fails if the file no
+// longer has the shape this relies on.
+func haproxyConfig(t *testing.T, deployed, sock string, sendProxy bool) string {
+	t.Helper()
+	var out []string
+	section := ""
+	servers := map[string]int{}
+	binds := 0
+	for _, line := range strings.Split(deployed, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || strings.HasPrefix(f[0], "#") {
+			out = append(out, line)
+			continue
+		}
+		if !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "\t") {
+			section = strings.Join(f, " ")
+			out = append(out, line)
+			if section == "global" {
+				out = append(out, fmt.Sprintf("    stats socket %s mode 600 level admin", sock))
+			}
+			continue
+		}
+		switch f[0] {
+		case "maxconn":
+			// The deployed figure needs twice as many open files as a
+			// test process may have here (HAProxy raises its own limit,
+			// up to the hard one).
+			out = append(out, "    maxconn 4096")
+		case "bind":
+			_, port, err := net.SplitHostPort(f[1])
+			if err != nil {
+				t.Fatalf("deploy/haproxy/haproxy.cfg: %q: %v", line, err)
+			}
+			out = append(out, fmt.Sprintf("    bind %s:%s", lbClientSide, port))
+			binds++
+		case "server":
+			_, port, err := net.SplitHostPort(f[2])
+			if err != nil {
+				t.Fatalf("deploy/haproxy/haproxy.cfg: %q: %v", line, err)
+			}
+			i := servers[section]
+			servers[section]++
+			tcp, ws, admin := replicaPorts(i)
+			target := tcp
+			if port == fmt.Sprint(lbWSPort) {
+				target = ws
+			}
+			s := fmt.Sprintf("    server %s %s:%d port %d", f[1], replicaHost, target, admin)
+			if sendProxy {
+				s += " send-proxy-v2"
+			}
+			out = append(out, s)
+		default:
+			out = append(out, line)
+		}
+	}
+	if binds != 2 || servers["backend kitsune_tcp"] != 2 || servers["backend kitsune_ws"] != 2 {
+		t.Fatalf("deploy/haproxy/haproxy.cfg changed shape: %d binds, servers %v; update haproxyConfig", binds, servers)
+	}
+	return strings.Join(out, "\n")
+}
+
+func startHAProxy(t *testing.T, ns *netns.NS, sendProxy bool) *haproxyProc {
+	t.Helper()
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		t.Fatalf("haproxy is not installed (apt-get install haproxy; .ci/run installs it): %v", err)
+	}
+	deployed, err := os.ReadFile(filepath.Join("..", "..", "deploy", "haproxy", "haproxy.cfg"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	h := &haproxyProc{sock: filepath.Join(dir, "admin.sock"), log: filepath.Join(dir, "haproxy.log")}
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(haproxyConfig(t, string(deployed), h.sock, sendProxy)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "-c", "-f", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("haproxy -c: %v\n%s", err, out)
+	}
+	logf, err := os.Create(h.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	cmd := exec.Command(bin, "-db", "-f", cfg)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	h.proc = ns.Start(t, cmd)
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(h.log)
+			if len(b) > 8<<10 {
+				b = b[len(b)-8<<10:]
+			}
+			t.Logf("haproxy log (tail):\n%s", b)
+		}
+	})
+	eventually(t, 20*time.Second, "HAProxy's admin socket", func() bool {
+		select {
+		case <-h.proc.Done():
+			b, _ := os.ReadFile(h.log)
+			t.Fatalf("haproxy exited: %v\n%s", h.proc.Err(), b)
+		default:
+		}
+		_, err := os.Stat(h.sock)
+		return err == nil
+	})
+	return h
+}
+
+// command runs one admin socket command and returns its answer.
+func (h *haproxyProc) command(t *testing.T, cmd string) string {
+	t.Helper()
+	c, err := net.DialTimeout("unix", h.sock, 5*time.Second)
+	if err != nil {
+		t.Fatalf("haproxy admin socket: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, cmd+"\n"); err != nil {
+		t.Fatalf("haproxy admin socket: %v", err)
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("haproxy admin socket: %v", err)
+	}
+	return string(b)
+}
+
+// serverStatus maps "backend/server" to HAProxy's status (UP, DOWN, …).
+func (h *haproxyProc) serverStatus(t *testing.T) map[string]string {
+	t.Helper()
+	raw := strings.TrimPrefix(h.command(t, "show stat"), "# ")
+	r := csv.NewReader(strings.NewReader(raw))
+	r.FieldsPerRecord = -1
+	recs, err := r.ReadAll()
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("haproxy show stat: %v\n%s", err, raw)
+	}
+	col := map[string]int{}
+	for i, name := range recs[0] {
+		col[name] = i
+	}
+	out := map[string]string{}
+	for _, rec := range recs[1:] {
+		if len(rec) > col["status"] {
+			out[rec[col["pxname"]]+"/"+rec[col["svname"]]] = rec[col["status"]]
+		}
+	}
+	return out
+}
+
+// stop sends SIGTERM to replica i and waits for it to exit 0 (it drains
+// first).
+func (rw *replicaWorld) stop(t *testing.T, i int, within time.Duration) {
+	t.Helper()
+	p := rw.replicas[i].Proc
+	p.Signal(syscall.SIGTERM)
+	select {
+	case <-p.Done():
+	case <-time.After(within):
+		t.Fatalf("replica %d still running %v after SIGTERM", i+1, within)
+	}
+	if err := p.Err(); err != nil {
+		t.Fatalf("replica %d exited with %v after SIGTERM", i+1, err)
+	}
+}
+
+// waitReconnected waits until the client is connected to Kitsune again and
+// returns how long that took from since.
+func (rw *replicaWorld) waitReconnected(t *testing.T, c *kubotest.Node, since time.Time) time.Duration {
+	t.Helper()
+	rw.waitConnected(t, c)
+	return time.Since(since)
+}
+
+// Two replicas sharing one key behind HAProxy (the deployed config), two
+// Kubo nodes, a Kubo client peered with the balancer's address fetching
+// 64 MiB. First the replica carrying the transfer is killed (SIGKILL) mid-
+// transfer: the client reconnects through the balancer to the other and
+// finishes with identical bytes. Then a rolling restart: each replica in
+// turn gets SIGTERM while it carries a fetch, drains it (the balancer's
+// /readyz check takes it out of rotation meanwhile), exits 0, and is
+// started again; nothing is lost. The client's stall (the longest pause in
+// the streamed bytes) is logged for each case: docs/deploy.md quotes it.
+func TestReplicasBehindHAProxy(t *testing.T) {
+	bin := buildBinary(t)
+	rw := newReplicaWorld(t, bin, replicaOpts{Clients: 1})
+	const size = 64 << 20
+	var files [3][]byte
+	var roots [3]cid.Cid
+	for i := range files {
+		files[i] = randomBytes(t, size)
+		roots[i] = rw.add(t, files[i])
+	}
+	client := rw.peeredClient(t)
+	ctx := testCtx(t, 8*time.Minute)
+
+	check := func(what string, p catProgress, err error, want []byte) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if !bytes.Equal(p.Data, want) {
+			t.Fatalf("%s: got %d bytes, not the %d added", what, len(p.Data), len(want))
+		}
+	}
+
+	// No subtests: a replica started again inside one would be stopped by
+	// its cleanup when it ends.
+	{ // kill -9 of the replica carrying the transfer
+		i := rw.carrier(t, ctx)
+		var killedAt time.Time
+		p, err := catStream(ctx, client, roots[0], 8<<20, func() {
+			killedAt = time.Now()
+			rw.replicas[i].Proc.Kill()
+		})
+		check("cat across the kill", p, err, files[0])
+		if killedAt.IsZero() {
+			t.Fatal("the replica was never killed")
+		}
+		if j := rw.carrier(t, ctx); j == i {
+			t.Fatalf("replica %d carries the client after it was killed", j+1)
+		}
+		t.Logf("kill -9 of replica %d after 8 MiB: %d MiB in %v, client stall %v (at %d MiB)",
+			i+1, size>>20, p.Took.Round(time.Millisecond), p.MaxGap.Round(time.Millisecond), p.GapAt>>20)
+		rw.start(t, i)
+		rw.waitBalancer(t, i, true)
+	}
+
+	{ // rolling restart with drain
+		var restarted []int
+		for step := range 2 {
+			i := rw.carrier(t, ctx)
+			var signalled time.Time
+			p, err := catStream(ctx, client, roots[1+step], 8<<20, func() {
+				signalled = time.Now()
+				rw.replicas[i].Proc.Signal(syscall.SIGTERM)
+			})
+			check(fmt.Sprintf("cat during the drain of replica %d", i+1), p, err, files[1+step])
+			if signalled.IsZero() {
+				t.Fatal("the replica was never signalled")
+			}
+			rw.stop(t, i, 90*time.Second)
+			drained := time.Since(signalled)
+			exited := time.Now()
+			back := rw.waitReconnected(t, client, exited)
+			if j := rw.carrier(t, ctx); j == i {
+				t.Fatalf("the client reconnected to replica %d, which had just stopped", j+1)
+			}
+			t.Logf("SIGTERM to replica %d after 8 MiB: %d MiB in %v, client stall %v (at %d MiB); replica exited %v after the signal; client reconnected through the balancer %v later",
+				i+1, size>>20, p.Took.Round(time.Millisecond), p.MaxGap.Round(time.Millisecond), p.GapAt>>20, drained.Round(time.Millisecond), back.Round(time.Millisecond))
+			restarted = append(restarted, i)
+			rw.start(t, i)
+			rw.waitBalancer(t, i, true)
+		}
+		if restarted[0] == restarted[1] {
+			t.Fatalf("replica %d restarted twice, the other never", restarted[0]+1)
+		}
+	}
+}
