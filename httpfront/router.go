@@ -18,12 +18,20 @@ import (
 // over libp2p (IPIP-337 / the routing/v1 spec's "known transports").
 const TransportBitswap = "transport-bitswap"
 
+// TransportGatewayHTTP names a trustless HTTP gateway (IPIP-337); its
+// addresses end in /http or /tls/http.
+const TransportGatewayHTTP = "transport-ipfs-gateway-http"
+
 // Self is Kitsune's own identity as clients should dial it.
 type Self struct {
 	ID peer.ID
 	// Addrs returns the front host's announced addresses (without
 	// /p2p/<id>), read at each answer so a changed announce list shows.
 	Addrs func() []ma.Multiaddr
+	// GatewayAddrs, when set, returns the trustless gateway's announced
+	// /http or /tls/http addresses: the record then offers
+	// TransportGatewayHTTP beside Bitswap.
+	GatewayAddrs func() []ma.Multiaddr
 }
 
 func (s Self) record() *types.PeerRecord {
@@ -31,6 +39,14 @@ func (s Self) record() *types.PeerRecord {
 	rec := &types.PeerRecord{Schema: types.SchemaPeer, ID: &id, Protocols: []string{TransportBitswap}}
 	for _, a := range s.Addrs() {
 		rec.Addrs = append(rec.Addrs, types.Multiaddr{Multiaddr: a})
+	}
+	if s.GatewayAddrs != nil {
+		if gw := s.GatewayAddrs(); len(gw) > 0 {
+			rec.Protocols = append(rec.Protocols, TransportGatewayHTTP)
+			for _, a := range gw {
+				rec.Addrs = append(rec.Addrs, types.Multiaddr{Multiaddr: a})
+			}
+		}
 	}
 	return rec
 }

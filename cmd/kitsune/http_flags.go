@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kitsune-lb/kitsune/downstream"
+	"github.com/kitsune-lb/kitsune/gateway"
 	"github.com/kitsune-lb/kitsune/httpfront"
 	"github.com/kitsune-lb/kitsune/preload"
 )
@@ -27,6 +28,7 @@ type httpFlags struct {
 	HTTPCacheSize int           `name:"http-cache-size" env:"KITSUNE_HTTP_CACHE_SIZE" default:"65536" help:"Remembered \"the fleet holds this CID\" answers (least recently stored dropped first)."`
 	HTTPTrusted   []string      `name:"http-trusted-proxies" env:"KITSUNE_HTTP_TRUSTED_PROXIES" sep:"," placeholder:"CIDR" help:"Comma-separated IPs or CIDRs of reverse proxies whose X-Forwarded-For names the routing client (for --http-max-per-ip); from anyone else it is ignored."`
 	HTTPCacheTTL  time.Duration `name:"http-cache-ttl" env:"KITSUNE_HTTP_CACHE_TTL" default:"1m" help:"How long a yes is remembered; a no is remembered for a twelfth of it (at least 1s), as content is added all the time."`
+	gatewayFlags  `embed:""`
 }
 
 // httpConfig is the validated form; Addr is empty when the front is off.
@@ -38,6 +40,7 @@ type httpConfig struct {
 	CacheSize    int
 	CacheTTL     time.Duration
 	Trusted      []netip.Prefix
+	Gateway      gatewayConfig
 }
 
 func (f *httpFlags) config() (httpConfig, error) {
@@ -63,8 +66,12 @@ func (f *httpFlags) config() (httpConfig, error) {
 	if err != nil {
 		return httpConfig{}, fmt.Errorf("--http-trusted-proxies %w", err)
 	}
+	gw, err := f.gatewayFlags.config()
+	if err != nil {
+		return httpConfig{}, err
+	}
 	return httpConfig{Addr: addr, MaxPerIP: f.HTTPMaxPerIP, Timeout: f.HTTPTimeout, CheckTimeout: f.HTTPCheckTime,
-		CacheSize: f.HTTPCacheSize, CacheTTL: f.HTTPCacheTTL, Trusted: trusted}, nil
+		CacheSize: f.HTTPCacheSize, CacheTTL: f.HTTPCacheTTL, Trusted: trusted, Gateway: gw}, nil
 }
 
 // maxCheckedNodes bounds the nodes asked whether they hold one CID.
@@ -72,7 +79,7 @@ const maxCheckedNodes = 3
 
 // startHTTP starts the HTTP front when it is configured; a nil Server
 // (off) is safe to Close. reg may be nil (admin port off).
-func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, reg prometheus.Registerer, log *zap.Logger) (*preload.Server, error) {
+func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, relay gateway.Fetcher, reg prometheus.Registerer, log *zap.Logger) (*preload.Server, error) {
 	if cfg.Addr == "" {
 		return nil, nil
 	}
@@ -96,9 +103,14 @@ func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, reg prome
 	if err != nil {
 		return nil, err
 	}
+	self := httpfront.Self{ID: front.ID(), Addrs: front.Addrs}
+	gwAddrs := &gatewayAddrs{announce: cfg.Gateway.Announce, front: front}
+	if cfg.Gateway.On {
+		self.GatewayAddrs = gwAddrs.addrs
+	}
 	h, err := httpfront.New(httpfront.Config{
 		Fleet:          fleet,
-		Self:           httpfront.Self{ID: front.ID(), Addrs: front.Addrs},
+		Self:           self,
 		Holdings:       hold,
 		MaxPerIP:       cfg.MaxPerIP,
 		Timeout:        cfg.Timeout,
@@ -115,12 +127,17 @@ func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, reg prome
 	if err != nil {
 		return nil, err
 	}
+	all, err := withGateway(cfg.Gateway, h, relay, cfg.Trusted, reg)
+	if err != nil {
+		return nil, err
+	}
 	// The preload port's server: the same slow-client timeouts and
 	// shutdown.
-	s, err := preload.Listen(cfg.Addr, h, log)
+	s, err := preload.Listen(cfg.Addr, all, log)
 	if err != nil {
 		return nil, fmt.Errorf("http port: %w", err)
 	}
+	gwAddrs.listening(s.Addr())
 	return s, nil
 }
 

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ipfs/boxo/blockservice"
+	"github.com/ipfs/boxo/blockstore"
+	"github.com/ipfs/boxo/ipld/merkledag"
+	uio "github.com/ipfs/boxo/ipld/unixfs/io"
+	"github.com/ipfs/boxo/routing/http/client"
+	"github.com/ipfs/boxo/routing/http/types"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/kitsune-lb/kitsune/httpfront"
+	"github.com/kitsune-lb/kitsune/internal/cartest"
+	"github.com/kitsune-lb/kitsune/internal/kubotest"
+)
+
+func gatewayOn(c *runCmd) {
+	c.HTTP = "127.0.0.1:0"
+	c.Gateway = true
+}
+
+func httpGet(t *testing.T, ctx context.Context, method, url string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: body: %v", method, url, err)
+	}
+	return resp, body
+}
+
+// unixfsBytes rebuilds a UnixFS file from a CAR's blocks.
+func unixfsBytes(t *testing.T, ctx context.Context, got map[cid.Cid][]byte, root cid.Cid) []byte {
+	t.Helper()
+	bstore := blockstore.NewBlockstore(dssync.MutexWrap(datastore.NewMapDatastore()))
+	for c, data := range got {
+		b, err := blocks.NewBlockWithCid(data, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := bstore.Put(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dag := merkledag.NewDAGService(blockservice.New(bstore, nil))
+	nd, err := dag.Get(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := uio.NewDagReader(ctx, nd, dag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// The trustless gateway of a running Kitsune over real Kubo nodes: a file
+// held by one node only comes back as a CAR whose every block checks out
+// and whose DAG rebuilds the file; the raw root block, HEAD and the probe
+// answer; Kitsune's routing record offers the gateway; content nobody has
+// times out, and leaves nothing in the relay.
+func TestGatewayE2E(t *testing.T) {
+	a := kubotest.Start(t, kubotest.Options{})
+	b := kubotest.Start(t, kubotest.Options{})
+	ctx := testCtx(t, 3*time.Minute)
+	data := randomBytes(t, 3<<20+777)
+	root, err := a.AddBytes(ctx, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKitsune(t, []*kubotest.Node{a, b}, gatewayOn, func(c *runCmd) { c.GatewayTimeout = 3 * time.Second })
+	eventually(t, 30*time.Second, "both nodes healthy", func() bool { return k.pool.HealthyCount() == 2 })
+	base := k.http.URL()
+
+	resp, car := httpGet(t, ctx, http.MethodGet, base+"/ipfs/"+root.String()+"?format=car")
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/vnd.ipld.car") {
+		t.Fatalf("car: %d %q %.200s", resp.StatusCode, resp.Header.Get("Content-Type"), car)
+	}
+	_, got, err := cartest.Read(bytes.NewReader(car), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := cartest.Complete(got, root); err != nil {
+		t.Fatalf("DAG incomplete after %d blocks: %v", n, err)
+	}
+	if !bytes.Equal(unixfsBytes(t, ctx, got, root), data) {
+		t.Fatal("the CAR's DAG is not the file")
+	}
+
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/ipfs/"+root.String(), nil)
+	req.Header.Set("Accept", "application/vnd.ipld.raw")
+	rresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(rresp.Body)
+	rresp.Body.Close()
+	if rresp.StatusCode != 200 || !bytes.Equal(raw, got[root]) {
+		t.Fatalf("raw root: %d, %d bytes", rresp.StatusCode, len(raw))
+	}
+	if resp, body := httpGet(t, ctx, http.MethodHead, base+"/ipfs/"+root.String()+"?format=raw"); resp.StatusCode != 200 || len(body) != 0 {
+		t.Errorf("HEAD: %d, %d bytes", resp.StatusCode, len(body))
+	}
+	if resp, _ := httpGet(t, ctx, http.MethodGet, base+"/ipfs/bafkqaaa?format=raw"); resp.StatusCode != 200 {
+		t.Errorf("probe: %d", resp.StatusCode)
+	}
+	if resp, body := httpGet(t, ctx, http.MethodGet, base+"/ipfs/"+root.String()); resp.StatusCode != http.StatusNotAcceptable {
+		t.Errorf("deserialized request: %d %.200s", resp.StatusCode, body)
+	}
+
+	// The record names the gateway at the port it listens on.
+	rc, err := client.New(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := rc.FindProviders(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	provs := readIter(t, it)
+	if len(provs) != 1 {
+		t.Fatalf("%d provider records", len(provs))
+	}
+	rec, ok := provs[0].(*types.PeerRecord)
+	if !ok {
+		t.Fatalf("record %T", provs[0])
+	}
+	if !slices.Contains(rec.Protocols, httpfront.TransportGatewayHTTP) {
+		t.Errorf("protocols %v lack %s", rec.Protocols, httpfront.TransportGatewayHTTP)
+	}
+	wantAddr := ma.StringCast(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d/http", k.http.Addr().(*net.TCPAddr).Port))
+	if !slices.ContainsFunc(rec.Addrs, func(m types.Multiaddr) bool { return m.Equal(wantAddr) }) {
+		t.Errorf("addrs %v lack %s", rec.Addrs, wantAddr)
+	}
+
+	// Nobody has it: the retrieval timeout ends the wait, and the relay
+	// forgets the wants.
+	missing := rawBlockCID(t, randomBytes(t, 1000))
+	start := time.Now()
+	if resp, body := httpGet(t, ctx, http.MethodGet, base+"/ipfs/"+missing.String()+"?format=raw"); resp.StatusCode != http.StatusGatewayTimeout {
+		t.Errorf("missing: %d %.200s", resp.StatusCode, body)
+	}
+	t.Logf("missing content answered in %v", time.Since(start))
+	eventually(t, 40*time.Second, "relay tables empty", func() bool {
+		s := k.relay.Stats()
+		return s.Local == 0 && s.Wants == 0 && s.Peers == 0
+	})
+}
+
+// A node killed while a CAR streams: the wants it held move to the other
+// node, as a Bitswap client's would, and the CAR arrives whole.
+func TestGatewayFailoverMidCAR(t *testing.T) {
+	a := kubotest.Start(t, kubotest.Options{})
+	b := kubotest.Start(t, kubotest.Options{})
+	ctx := testCtx(t, 3*time.Minute)
+	data := randomBytes(t, 24<<20)
+	root, err := a.AddBytes(ctx, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r2, err := b.AddBytes(ctx, data); err != nil || !r2.Equals(root) {
+		t.Fatalf("second copy: %v %v", r2, err)
+	}
+	k := startKitsune(t, []*kubotest.Node{a, b}, gatewayOn)
+	eventually(t, 30*time.Second, "both nodes healthy", func() bool { return k.pool.HealthyCount() == 2 })
+
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, k.http.URL()+"/ipfs/"+root.String()+"?format=car", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var read atomic.Int64
+	var buf bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for {
+			n, err := resp.Body.Read(chunk)
+			buf.Write(chunk[:n])
+			read.Add(int64(n))
+			if err == io.EOF {
+				done <- nil
+				return
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	eventually(t, 60*time.Second, "a quarter of the CAR", func() bool { return read.Load() > 6<<20 })
+	before := read.Load()
+	a.Kill()
+	if err := <-done; err != nil {
+		t.Fatalf("CAR stream broke after %d bytes: %v", read.Load(), err)
+	}
+	t.Logf("killed a at %d bytes of %d; failovers %d", before, read.Load(), k.relay.Counters().Failovers.Load())
+	_, got, err := cartest.Read(bytes.NewReader(buf.Bytes()), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cartest.Complete(got, root); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(unixfsBytes(t, ctx, got, root), data) {
+		t.Fatal("the CAR's DAG is not the file")
+	}
+}
