@@ -48,6 +48,7 @@ type runCmd struct {
 	mdnsFlags    `embed:"" group:"front"`
 	geoipFlags   `embed:"" group:"admin"`
 	dhtFlags     `embed:"" group:"front"`
+	provideFlags `embed:"" group:"front"`
 	greetFlags   `embed:"" group:"front"`
 	drainFlags   `embed:"" group:"admin"`
 

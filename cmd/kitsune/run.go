@@ -40,6 +40,7 @@ type config struct {
 	MDNS       bool
 	GeoIP      *geoip.DB
 	DHT        *proxy.PrivateDHTConfig
+	Provide    *provideConfig
 	NoGreet    bool
 	Drain      drainPolicy
 }
@@ -113,6 +114,9 @@ func (c *runCmd) config() (config, error) {
 	if cfg.DHT, err = c.dhtFlags.config(cfg.Front); err != nil {
 		return config{}, err
 	}
+	if cfg.Provide, err = c.provideFlags.config(cfg.Front, cfg.DHT != nil); err != nil {
+		return config{}, err
+	}
 	if cfg.Drain, err = c.drainFlags.config(); err != nil {
 		return config{}, err
 	}
@@ -161,7 +165,8 @@ type kitsune struct {
 	preload     *preload.Server
 	http        *preload.Server // the HTTP front (/routing/v1); nil when off
 	admin       *admin
-	geo         *geo // nil without --geoip-db
+	geo         *geo      // nil without --geoip-db
+	provide     *provider // nil without --provide
 	// reload re-reads the --downstream-file (on SIGHUP).
 	reload func() error
 }
@@ -211,6 +216,10 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		return nil, err
 	}
 	pool.SetListener(fleetListener{relay, greeter})
+	roots := &preloadedRoots{next: cfg.Preload.Observer}
+	if cfg.Provide != nil {
+		cfg.Preload.Observer = roots
+	}
 	pre, err := startPreload(cfg.Preload, pool, reverseSessions{relay, cfg.Preload.Grace}, log.Named("preload"))
 	if err != nil {
 		front.Close()
@@ -251,9 +260,21 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		}
 	}
 
+	var prov *provider
+	if cfg.Provide != nil {
+		if prov, err = startProvide(cfg.Provide, front, pool, log.Named("provide")); err != nil {
+			_ = privDHT.Close()
+			_ = lan.Close()
+			front.Close()
+			back.Close()
+			return nil, err
+		}
+		roots.to.Store(prov.announcer)
+	}
+
 	runCtx, cancel := context.WithCancel(ctx)
 	relay.Start(runCtx)
-	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, http: web, geo: geo, done: make(chan struct{})}
+	k := &kitsune{front: front, back: back, pool: pool, relay: relay, preload: pre, http: web, geo: geo, provide: prov, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -265,6 +286,13 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		go func() {
 			defer wg.Done()
 			geo.run(runCtx, front, log.Named("geoip"))
+		}()
+	}
+	if prov != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prov.run(runCtx)
 		}()
 	}
 	if greeter != nil {
@@ -305,6 +333,9 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 		}
 		fmt.Fprintf(out, "Private DHT server on the upstream side (%s)\n", what)
 	}
+	if prov != nil {
+		fmt.Fprintf(out, "Providing the fleet's content on the DHT as %s (%d bootstrap peers)\n", front.ID(), len(cfg.Provide.DHT.Bootstrap))
+	}
 	if pre != nil {
 		fmt.Fprintf(out, "Preload API (POST /api/v0/refs) on %s\n", pre.URL())
 	}
@@ -331,6 +362,9 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 				cancel()
 				_ = lan.Close()
 				_ = privDHT.Close()
+				if prov != nil {
+					_ = prov.Close()
+				}
 				front.Close()
 				wg.Wait()
 				back.Close()
