@@ -61,6 +61,9 @@ type FrontConfig struct {
 	// Bandwidth, when not nil, is told every stream's bytes (libp2p's
 	// per-peer and per-protocol counters), e.g. for bytes per country.
 	Bandwidth metrics.Reporter
+	// ProxyProtocol, when not nil, reads PROXY protocol headers from the
+	// listed balancers on the TCP and WebSocket listeners.
+	ProxyProtocol *ProxyProtocol
 }
 
 // RelayConfig bounds the circuit relay v2 service. Zero fields take
@@ -132,11 +135,18 @@ func NewFront(cfg FrontConfig) (host.Host, error) {
 	if cfg.TLS != nil {
 		wsOpts = append(wsOpts, websocket.WithTLSConfig(cfg.TLS))
 	}
+	if err := cfg.ProxyProtocol.Validate(); err != nil {
+		return nil, fmt.Errorf("front host: %w", err)
+	}
+	var tcpT, wsT any = tcp.NewTCPTransport, websocket.New
+	if cfg.ProxyProtocol.enabled() {
+		tcpT, wsT = proxyTCP(cfg.ProxyProtocol), proxyWS(cfg.ProxyProtocol)
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
 		libp2p.ListenAddrs(cfg.ListenAddrs...),
-		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(websocket.New, wsOpts...),
+		libp2p.Transport(tcpT),
+		libp2p.Transport(wsT, wsOpts...),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),

@@ -283,6 +283,13 @@ func (s frontSettings) printAddrs(out io.Writer, front host.Host) {
 			fmt.Fprintf(out, "  %s\n", a)
 		}
 	}
+	if pp := s.Front.ProxyProtocol; pp != nil {
+		from := make([]string, len(pp.From))
+		for i, p := range pp.From {
+			from[i] = p.String()
+		}
+		fmt.Fprintf(out, "PROXY protocol required on TCP and WebSocket from %s\n", strings.Join(from, ", "))
+	}
 	if s.Front.Relay != nil {
 		fmt.Fprintf(out, "Circuit relay v2 service on (up to %d reservations)\n", s.Front.Relay.MaxReservations)
 	}

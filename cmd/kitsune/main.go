@@ -52,6 +52,8 @@ type runCmd struct {
 	greetFlags   `embed:"" group:"front"`
 	drainFlags   `embed:"" group:"admin"`
 
+	proxyProtoFlags `embed:"" group:"front"`
+
 	LogLevel string `group:"admin" env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +19,15 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
+	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
 	"github.com/kitsune-lb/kitsune/internal/netns"
@@ -554,5 +563,120 @@ func TestReplicasBehindHAProxy(t *testing.T) {
 		if restarted[0] == restarted[1] {
 			t.Fatalf("replica %d restarted twice, the other never", restarted[0]+1)
 		}
+	}
+}
+
+// nsDialer dials from one address of a namespace, optionally writing a
+// PROXY protocol v2 header naming claim first (as only a balancer may).
+type nsDialer struct {
+	ns    *netns.NS
+	src   netip.Addr
+	claim string
+}
+
+func (d nsDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := d.ns.DialFrom(ctx, d.src, network, addr)
+	if err != nil || d.claim == "" {
+		return c, err
+	}
+	h := &proxyproto.Header{
+		Version: 2, Command: proxyproto.PROXY, TransportProtocol: proxyproto.TCPv4,
+		SourceAddr:      net.TCPAddrFromAddrPort(netip.MustParseAddrPort(d.claim)),
+		DestinationAddr: c.RemoteAddr(),
+	}
+	if _, err := h.WriteTo(c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// libp2pClient is a bare libp2p TCP host in the test process whose
+// connections leave from src in the client namespace.
+func (rw *replicaWorld) libp2pClient(t *testing.T, src, claim string) host.Host {
+	t.Helper()
+	d := nsDialer{ns: rw.cli, src: netip.MustParseAddr(src), claim: claim}
+	h, err := libp2p.New(libp2p.NoListenAddrs,
+		libp2p.Transport(tcp.NewTCPTransport, tcp.WithDialerForAddr(func(ma.Multiaddr) (tcp.ContextDialer, error) { return d, nil })),
+		libp2p.ResourceManager(&network.NullResourceManager{}), libp2p.DisableRelay(), libp2p.DisableMetrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = h.Close() })
+	return h
+}
+
+// connectObserved connects h to Kitsune at addr and returns the address
+// Kitsune sees h at (identify's observed address), or the dial's error.
+func (rw *replicaWorld) connectObserved(t *testing.T, h host.Host, addr string) (netip.Addr, error) {
+	t.Helper()
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerIdentificationCompleted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := h.Connect(ctx, peer.AddrInfo{ID: rw.id, Addrs: []ma.Multiaddr{ma.StringCast(addr)}}); err != nil {
+		return netip.Addr{}, err
+	}
+	for {
+		select {
+		case e := <-sub.Out():
+			ev := e.(event.EvtPeerIdentificationCompleted)
+			if ev.Peer != rw.id {
+				continue
+			}
+			ip, err := manet.ToIP(ev.ObservedAddr)
+			if err != nil {
+				t.Fatalf("observed address %v: %v", ev.ObservedAddr, err)
+			}
+			a, _ := netip.AddrFromSlice(ip)
+			return a.Unmap(), nil
+		case <-ctx.Done():
+			t.Fatal("no identify from Kitsune within 20s")
+		}
+	}
+}
+
+// HAProxy sends PROXY protocol v2 (send-proxy-v2) to replicas started with
+// --proxy-protocol-from <the balancer>: each replica sees the clients'
+// own addresses, so --max-conns-per-ip 2 admits two connections from each
+// of three client addresses (six in all through the balancer's one
+// address) and refuses a third from one of them. A client that reaches a
+// replica directly is served under its own address, and refused when it
+// sends a PROXY header to claim another.
+func TestReplicasProxyProtocol(t *testing.T) {
+	bin := buildBinary(t)
+	rw := newReplicaWorld(t, bin, replicaOpts{SendProxy: true, Clients: 4,
+		Extra: []string{"--proxy-protocol-from", lbReplicaSide, "--max-conns-per-ip", "2"}})
+	balancer := fmt.Sprintf("/ip4/%s/tcp/%d", lbClientSide, lbTCPPort)
+	for _, src := range []string{"198.51.100.2", "198.51.100.3", "198.51.100.4"} {
+		for n := range 2 {
+			seen, err := rw.connectObserved(t, rw.libp2pClient(t, src, ""), balancer)
+			if err != nil {
+				t.Fatalf("connection %d from %s through the balancer: %v", n+1, src, err)
+			}
+			if seen.String() != src {
+				t.Fatalf("connection %d from %s: Kitsune sees it at %s", n+1, src, seen)
+			}
+		}
+	}
+	t.Log("six connections through the balancer, two from each of three addresses, each seen at its own address")
+	if _, err := rw.connectObserved(t, rw.libp2pClient(t, "198.51.100.2", ""), balancer); err == nil {
+		t.Fatal("a third connection from 198.51.100.2 was admitted with --max-conns-per-ip 2")
+	}
+
+	tcp0, _, _ := replicaPorts(0)
+	direct := fmt.Sprintf("/ip4/%s/tcp/%d", replicaHost, tcp0)
+	seen, err := rw.connectObserved(t, rw.libp2pClient(t, "198.51.100.5", ""), direct)
+	if err != nil {
+		t.Fatalf("direct connection without a header: %v", err)
+	}
+	if seen.String() != "198.51.100.5" {
+		t.Fatalf("direct connection from 198.51.100.5 seen at %s", seen)
+	}
+	if seen, err := rw.connectObserved(t, rw.libp2pClient(t, "198.51.100.5", "192.0.2.99:4444"), direct); err == nil {
+		t.Fatalf("a PROXY header from 198.51.100.5, not a listed balancer, was accepted (seen at %s)", seen)
 	}
 }

@@ -99,6 +99,9 @@ func (c *runCmd) config() (config, error) {
 	if cfg.Front, err = c.frontFlags.config(&cfg.Listen, cfg.Preload.HTTPS); err != nil {
 		return config{}, err
 	}
+	if cfg.Front.Front.ProxyProtocol, err = c.proxyProtoFlags.config(cfg.Listen); err != nil {
+		return config{}, err
+	}
 	if cfg.Preload.HTTPS {
 		if cfg.Front.Front.TLS == nil {
 			return config{}, fmt.Errorf("-p/--preload %q serves HTTPS: give --tls-cert and --tls-key", c.Preload)

@@ -340,6 +340,19 @@ func (ns *NS) DialContext(ctx context.Context, network, address string) (net.Con
 	return c, err
 }
 
+// DialFrom dials address from inside ns with local (one of ns's
+// addresses) as the source: several clients behind one interface.
+func (ns *NS) DialFrom(ctx context.Context, local netip.Addr, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := ns.Do(func() error {
+		d := net.Dialer{FallbackDelay: -1, LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(local, 0))}
+		var err error
+		c, err = d.DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
 // Listen listens on address inside ns.
 func (ns *NS) Listen(network, address string) (net.Listener, error) {
 	var l net.Listener
