@@ -331,14 +331,16 @@ func TestGatewayURL(t *testing.T) {
 	for _, tc := range []struct {
 		raw, want, err string
 	}{
-		{`"/ip4/127.0.0.1/tcp/8080"`, "http://127.0.0.1:8080", ""},
+		{`"/ip4/10.0.0.5/tcp/8080"`, "http://10.0.0.5:8080", ""},
 		{`["/ip4/0.0.0.0/tcp/8081"]`, "http://10.0.0.5:8081", ""},
 		{`["/ip6/::/tcp/8082"]`, "http://10.0.0.5:8082", ""},
-		{`["/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/8083"]`, "http://[::1]:8083", ""},
-		{`["/ip4/127.0.0.1/tcp/0"]`, "", "no fixed port"},
+		{`["/ip4/10.0.0.5/tcp/0", "/ip4/10.0.0.5/tcp/8083"]`, "http://10.0.0.5:8083", ""},
+		{`["/ip4/10.0.0.5/tcp/0"]`, "", "no fixed port"},
 		{`[]`, "", "no gateway"},
 		{`["/ip4/127.0.0.1/udp/8080/quic-v1"]`, "", "not a TCP address"},
 		{`["nonsense"]`, "", "nonsense"},
+		{`["/ip4/127.0.0.1/tcp/8080"]`, "", "loopback only"}, // from 10.0.0.5 below
+
 		{`42`, "", "neither a string nor a list"},
 	} {
 		got, err := gatewayURL([]byte(tc.raw), "10.0.0.5")

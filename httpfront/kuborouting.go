@@ -180,6 +180,11 @@ func gatewayURL(raw json.RawMessage, rpcHost string) (string, error) {
 		if tcp.IP.IsUnspecified() {
 			host = rpcHost
 		}
+		if ip := net.ParseIP(rpcHost); tcp.IP.IsLoopback() && (ip == nil || !ip.IsLoopback()) && rpcHost != "localhost" {
+			// The node's own loopback, not Kitsune's.
+			why = append(why, fmt.Errorf("%q listens on the node's loopback only, and Kitsune reaches the node at %s: listen on an address Kitsune can reach", s, rpcHost))
+			continue
+		}
 		return "http://" + net.JoinHostPort(host, fmt.Sprint(tcp.Port)), nil
 	}
 	if len(why) == 0 {

@@ -169,4 +169,31 @@ func TestFleetRoutingE2E(t *testing.T) {
 	if _, err := c.GetIPNS(ctx, ipns.NameFromPeer(nobody)); !errors.Is(err, routing.ErrNotFound) {
 		t.Fatalf("GET of a name nobody published: %v, want not found", err)
 	}
+
+	// The node the policy picks for the name dies: the other answers.
+	first, ok := k.pool.ChooseAPI(nameMine.Cid())
+	if !ok {
+		t.Fatal("no node chosen")
+	}
+	survivor := b
+	if first == b.APIURL {
+		b.Kill()
+		survivor = a
+	} else {
+		a.Kill()
+	}
+	got, err := c.GetIPNS(ctx, nameMine)
+	if err != nil || mustRecordValue(t, got) != target.String() {
+		t.Fatalf("GET after the chosen node died: %v", err)
+	}
+	t.Logf("the put record read through Kitsune from %s after %s died", survivor.ID, first)
+}
+
+func mustRecordValue(t *testing.T, r *ipns.Record) string {
+	t.Helper()
+	v, err := r.Value()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.String()
 }

@@ -161,4 +161,9 @@ func TestProvideFleetContentOnDHT(t *testing.T) {
 	if n, _ := k.provide.announcer.Announced(); n != len(pins)+1 {
 		t.Fatalf("%d keys announced, want %d: the node's pins %v and the preloaded root", n, len(pins)+1, pins)
 	}
+	code, metrics := k.adminGet(t, "/metrics")
+	if want := fmt.Sprintf("kitsune_provide_keys %d\n", len(pins)+1); code != http.StatusOK || !strings.Contains(metrics, want) ||
+		!strings.Contains(metrics, "kitsune_provide_keys_truncated 0\n") {
+		t.Fatalf("/metrics (%d) lacks %q and the truncated gauge at 0", code, want)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/kitsune-lb/kitsune/downstream"
@@ -107,7 +108,8 @@ type provider struct {
 }
 
 // startProvide joins the DHT and builds the announcer; run starts it.
-func startProvide(cfg *provideConfig, front host.Host, pool *downstream.Pool, log *zap.Logger) (*provider, error) {
+// reg, when set (admin port on), gets the announced-keys gauges.
+func startProvide(cfg *provideConfig, front host.Host, pool *downstream.Pool, reg prometheus.Registerer, log *zap.Logger) (*provider, error) {
 	d, err := provide.StartDHT(front, cfg.DHT)
 	if err != nil {
 		return nil, err
@@ -129,6 +131,26 @@ func startProvide(cfg *provideConfig, front host.Host, pool *downstream.Pool, lo
 	if err != nil {
 		_ = d.Close()
 		return nil, err
+	}
+	if reg != nil {
+		err = errors.Join(
+			reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "kitsune_provide_keys",
+				Help: "Roots Kitsune announces on the DHT (--provide): the fleet's pins and preloaded roots.",
+			}, func() float64 { n, _ := a.Announced(); return float64(n) })),
+			reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "kitsune_provide_keys_truncated",
+				Help: "1 when the fleet holds more roots than --provide-max-keys and some are not announced.",
+			}, func() float64 {
+				if _, t := a.Announced(); t {
+					return 1
+				}
+				return 0
+			})))
+		if err != nil {
+			_ = d.Close()
+			return nil, fmt.Errorf("provide metrics: %w", err)
+		}
 	}
 	return &provider{dht: d, announcer: a}, nil
 }

@@ -265,7 +265,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 
 	var prov *provider
 	if cfg.Provide != nil {
-		if prov, err = startProvide(cfg.Provide, front, pool, log.Named("provide")); err != nil {
+		if prov, err = startProvide(cfg.Provide, front, pool, reg, log.Named("provide")); err != nil {
 			_ = privDHT.Close()
 			_ = lan.Close()
 			front.Close()
