@@ -28,6 +28,12 @@ import (
 // non-zero, is the fixed port of its gateway (and so of its /routing/v1).
 func dhtKubo(t *testing.T, gateway int, boot ...*kubotest.Node) *kubotest.Node {
 	t.Helper()
+	return dhtKuboOn(t, "", gateway, boot...)
+}
+
+// dhtKuboOn is dhtKubo running the Kubo binary bin ("" for the default).
+func dhtKuboOn(t *testing.T, bin string, gateway int, boot ...*kubotest.Node) *kubotest.Node {
+	t.Helper()
 	var bs []string
 	for _, b := range boot {
 		for _, a := range b.AddrInfoFor("tcp").Addrs {
@@ -43,7 +49,7 @@ func dhtKubo(t *testing.T, gateway int, boot ...*kubotest.Node) *kubotest.Node {
 		cfg["Addresses.Gateway"] = fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", gateway)
 		cfg["Gateway.ExposeRoutingAPI"] = true
 	}
-	return kubotest.Start(t, kubotest.Options{Config: cfg})
+	return kubotest.Start(t, kubotest.Options{Config: cfg, Binary: bin})
 }
 
 // The routing queries Kitsune cannot answer itself go to the fleet's own

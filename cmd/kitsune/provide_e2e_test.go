@@ -39,18 +39,39 @@ func findsProvider(t *testing.T, ctx context.Context, client *kubotest.Node, c c
 	return slices.Contains(seen, want), seen
 }
 
+// waitProvider waits until client's DHT names want as a provider of c,
+// and checks it never names notWanted.
+func waitProvider(t *testing.T, ctx context.Context, client *kubotest.Node, c cid.Cid, want, notWanted peer.ID) {
+	t.Helper()
+	var seen []peer.ID
+	testkit.EventuallyEvery(t, 3*time.Minute, time.Second,
+		func() string {
+			return fmt.Sprintf("client %s finds %s as provider of %s (saw %v)", client.AgentVersion, want, c, seen)
+		},
+		func() bool {
+			var ok bool
+			ok, seen = findsProvider(t, ctx, client, c, want)
+			return ok
+		})
+	if slices.Contains(seen, notWanted) {
+		t.Fatalf("%s was announced as a provider of %s: %v", notWanted, c, seen)
+	}
+}
+
 // --provide: a DHT of two Kubo nodes on loopback; a fleet node outside it
 // (Routing none: it announces nothing) holds a pinned file; Kitsune
 // announces the fleet's pins, and a root a preload call pulled into the
 // fleet, on that DHT. A fresh Kubo client whose only bootstrap peer is a
 // DHT node, with neither Kitsune nor the fleet in its config and no
 // swarm connect, finds Kitsune as the provider of both and fetches them
-// through it.
+// through it; so does a client on the compatibility Kubo.
 func TestProvideFleetContentOnDHT(t *testing.T) {
 	ctx := testCtx(t, 5*time.Minute)
 	d1 := dhtKubo(t, 0)
-	dhtKubo(t, 0, d1)                              // a second DHT server, so records have somewhere to go but d1
-	fleet := kubotest.Start(t, kubotest.Options{}) // Routing.Type none
+	dhtKubo(t, 0, d1) // a second DHT server, so records go somewhere but d1
+	// The fleet node has Routing.Type none (kubotest's default): it
+	// announces nothing itself.
+	fleet := kubotest.Start(t, kubotest.Options{})
 	pinned := randomBytes(t, 1<<20)
 	pinnedCID, err := fleet.AddBytes(ctx, pinned)
 	if err != nil {
@@ -80,30 +101,9 @@ func TestProvideFleetContentOnDHT(t *testing.T) {
 		c.ProvideLANLoopback = true
 		c.Preload = "127.0.0.1:0"
 	})
-	client := dhtKubo(t, 0, d1)
-
-	var seen []peer.ID
-	testkit.EventuallyEvery(t, 3*time.Minute, time.Second,
-		func() string {
-			return fmt.Sprintf("client finds Kitsune as provider of the pinned file (saw %v)", seen)
-		},
-		func() bool {
-			var ok bool
-			ok, seen = findsProvider(t, ctx, client, pinnedCID, k.front.ID())
-			return ok
-		})
+	first := dhtKubo(t, 0, d1)
+	waitProvider(t, ctx, first, pinnedCID, k.front.ID(), fleet.ID)
 	t.Logf("pinned root findable %v after Kitsune started", time.Since(began).Round(time.Millisecond))
-	if slices.Contains(seen, fleet.ID) {
-		t.Fatalf("the fleet node itself was announced: %v", seen)
-	}
-
-	got, err := client.Cat(ctx, "/ipfs/"+pinnedCID.String())
-	if err != nil {
-		t.Fatalf("client cat of the pinned file: %v", err)
-	}
-	if !bytes.Equal(got, pinned) {
-		t.Fatalf("client got %d bytes, not the pinned file", len(got))
-	}
 
 	// The preload call pulls the root into the fleet; Kitsune announces it.
 	resp, err := http.Post(k.preload.URL()+"/api/v0/refs?r=true&arg="+preloadedCID.String(), "", nil)
@@ -121,34 +121,37 @@ func TestProvideFleetContentOnDHT(t *testing.T) {
 			t.Fatalf("preload call answered %q (%v)", line, err)
 		}
 	}
-	pre := time.Now()
-	testkit.EventuallyEvery(t, 3*time.Minute, time.Second,
-		func() string {
-			return fmt.Sprintf("client finds Kitsune as provider of the preloaded root (saw %v)", seen)
-		},
-		func() bool {
-			var ok bool
-			ok, seen = findsProvider(t, ctx, client, preloadedCID, k.front.ID())
-			return ok
-		})
-	t.Logf("preloaded root findable %v after the preload call", time.Since(pre).Round(time.Millisecond))
-	got, err = client.Cat(ctx, "/ipfs/"+preloadedCID.String())
-	if err != nil {
-		t.Fatalf("client cat of the preloaded file: %v", err)
-	}
-	if !bytes.Equal(got, preloaded) {
-		t.Fatalf("client got %d bytes, not the preloaded file", len(got))
+	preloadedAt := time.Now()
+	waitProvider(t, ctx, first, preloadedCID, k.front.ID(), origin.ID)
+	t.Logf("preloaded root findable %v after the preload call", time.Since(preloadedAt).Round(time.Millisecond))
+
+	// The client the tests run and one on the compatibility Kubo each find
+	// both and fetch them through Kitsune alone: never connected to the
+	// fleet node or the origin.
+	for _, client := range []*kubotest.Node{first, dhtKuboOn(t, kubotest.CompatBinary(t), 0, d1)} {
+		for _, f := range []struct {
+			c    cid.Cid
+			data []byte
+		}{{pinnedCID, pinned}, {preloadedCID, preloaded}} {
+			waitProvider(t, ctx, client, f.c, k.front.ID(), fleet.ID)
+			got, err := client.Cat(ctx, "/ipfs/"+f.c.String())
+			if err != nil {
+				t.Fatalf("client %s (%s): cat %s: %v", client.ID, client.AgentVersion, f.c, err)
+			}
+			if !bytes.Equal(got, f.data) {
+				t.Fatalf("client %s got %d bytes, not the file %s", client.ID, len(got), f.c)
+			}
+		}
+		peers, err := client.Peers(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(peers, k.front.ID()) || slices.Contains(peers, fleet.ID) || slices.Contains(peers, origin.ID) {
+			t.Fatalf("client %s (%s) peers %v: want Kitsune %s, not the fleet %s or the origin %s",
+				client.ID, client.AgentVersion, peers, k.front.ID(), fleet.ID, origin.ID)
+		}
 	}
 
-	// The client reached the content through Kitsune alone: never
-	// connected to the fleet node or the origin.
-	peers, err := client.Peers(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Contains(peers, k.front.ID()) || slices.Contains(peers, fleet.ID) || slices.Contains(peers, origin.ID) {
-		t.Fatalf("client peers %v: want Kitsune %s, not the fleet %s or the origin %s", peers, k.front.ID(), fleet.ID, origin.ID)
-	}
 	// Announced: the node's pins (Kubo pins the empty directory too) and
 	// the preloaded root.
 	pins, err := provide.KuboPins{}.Pins(ctx, fleet.APIURL, 100)
