@@ -128,7 +128,7 @@ func TestProvideFleetContentOnDHT(t *testing.T) {
 	// The client the tests run and one on the compatibility Kubo each find
 	// both and fetch them through Kitsune alone: never connected to the
 	// fleet node or the origin.
-	for _, client := range []*kubotest.Node{first, dhtKuboOn(t, kubotest.CompatBinary(t), 0, d1)} {
+	for _, client := range []*kubotest.Node{first, dhtKuboWith(t, dhtOpts{bin: kubotest.CompatBinary(t)}, d1)} {
 		for _, f := range []struct {
 			c    cid.Cid
 			data []byte
