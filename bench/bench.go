@@ -45,7 +45,7 @@ type Config struct {
 	KitsuneBin string `json:"-"`
 	// KitsuneFlags are added to Kitsune's command line.
 	KitsuneFlags []string `json:"kitsune_flags,omitempty"`
-	// Scenarios to run (1-5); empty means all.
+	// Scenarios to run (1-6); empty means all.
 	Scenarios []int `json:"scenarios"`
 	// Runs of scenarios 1-2 (and 5) and of scenarios 3-4.
 	Runs12 int `json:"runs_1_2"`
@@ -65,6 +65,12 @@ type Config struct {
 	Settle time.Duration `json:"s4_settle_ns"`
 	// WANFileSize is what scenario 5's client fetches across the WAN link.
 	WANFileSize int `json:"s5_file_bytes"`
+	// HotFileSize is the file every client of scenario 6 fetches.
+	HotFileSize int `json:"s6_file_bytes"`
+	// KuboOutstandingBytes is every Kubo node's
+	// Internal.Bitswap.MaxOutstandingBytesPerPeer; 0 leaves Kubo's
+	// default (1 MiB).
+	KuboOutstandingBytes int `json:"kubo_outstanding_bytes"`
 
 	Smoke bool `json:"smoke"`
 	// Log receives a line per run; nil discards them.
@@ -79,6 +85,7 @@ func DefaultConfig() Config {
 		FileSize: 64 << 20, Blocks: 1000, BlockSize: 1 << 10, AppBlocks: 100,
 		Clients: 100, ClientFileSize: 1 << 20, IdleConns: 2000,
 		Settle: 2 * time.Second, WANFileSize: 64 << 20,
+		KuboOutstandingBytes: DefaultKuboOutstandingBytes, HotFileSize: 16 << 20,
 	}
 }
 
@@ -88,6 +95,7 @@ func SmokeConfig() Config {
 		FileSize: 2 << 20, Blocks: 30, BlockSize: 1 << 10, AppBlocks: 10,
 		Clients: 6, ClientFileSize: 256 << 10, IdleConns: 40,
 		Settle: 300 * time.Millisecond, WANFileSize: 1 << 20, Smoke: true,
+		KuboOutstandingBytes: DefaultKuboOutstandingBytes, HotFileSize: 1 << 20,
 	}
 }
 
@@ -182,7 +190,7 @@ func Run(tb testing.TB, cfg Config) (*Results, error) {
 		id  int
 		run func() (*ScenarioResult, error)
 	}
-	for _, s := range []scen{{1, e.scenario1}, {2, e.scenario2}, {3, e.scenario3}, {4, e.scenario4}, {5, e.scenario5}} {
+	for _, s := range []scen{{1, e.scenario1}, {2, e.scenario2}, {3, e.scenario3}, {4, e.scenario4}, {5, e.scenario5}, {6, e.scenario6}} {
 		if !cfg.wants(s.id) {
 			continue
 		}

@@ -53,6 +53,7 @@ func TestSmoke(t *testing.T) {
 		3: {"direct", "kitsune", "kitsune-tcp", "kubo-front", "floor"},
 		4: {"direct", "kitsune", "floor"},
 		5: {"direct", "kitsune"},
+		6: {"direct", "kitsune"},
 	}
 	// Metrics every path must have produced, and must be > 0.
 	positive := map[int][]string{
@@ -61,9 +62,10 @@ func TestSmoke(t *testing.T) {
 		3: {"aggregate_mib_per_s", "wall_s"},
 		4: {"held", "rss_held_mib", "new_client_ms_idle", "new_client_ms_held"},
 		5: {"seconds", "mib_per_s"},
+		6: {"aggregate_mib_per_s", "wall_s", "file_blocks"},
 	}
 	// Ratios against direct every other path must have, finite and > 0.
-	ratios := map[int][]string{1: {"throughput"}, 2: {"p50_speed", "p99_speed"}, 3: {"aggregate"}, 4: {"rss_per_conn"}, 5: {"throughput"}}
+	ratios := map[int][]string{1: {"throughput"}, 2: {"p50_speed", "p99_speed"}, 3: {"aggregate"}, 4: {"rss_per_conn"}, 5: {"throughput"}, 6: {"aggregate"}}
 	for _, s := range res.Scenarios[:min(3, len(res.Scenarios))] {
 		// The kitsune-tcp path exists to reach the fleet over TCP.
 		want := "kitsune-tcp reached the Kubo node over tcp."
@@ -71,8 +73,8 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("scenario %d: no note %q in %q", s.ID, want, s.Notes)
 		}
 	}
-	if len(res.Scenarios) != 5 {
-		t.Fatalf("%d scenarios ran, want 5", len(res.Scenarios))
+	if len(res.Scenarios) != 6 {
+		t.Fatalf("%d scenarios ran, want 6", len(res.Scenarios))
 	}
 	for _, s := range res.Scenarios {
 		if len(s.Paths) != len(wantPaths[s.ID]) {
@@ -107,6 +109,15 @@ func TestSmoke(t *testing.T) {
 				if h := p.Metrics["held"]; h.Min != float64(cfg.IdleConns) {
 					t.Errorf("scenario 4 %s: %v of %d idle connections held (notes: %v)", p.Path, h.Min, cfg.IdleConns, s.Notes)
 				}
+			case 6:
+				if f := p.Metrics["failures"]; f.Max != 0 {
+					t.Errorf("scenario 6 %s: %v failed fetches (notes: %v)", p.Path, f.Max, s.Notes)
+				}
+				// Kitsune's counter was read: the fleet sent at least the
+				// file once.
+				if fb, file := p.Metrics["fleet_blocks"], p.Metrics["file_blocks"]; p.Path == "kitsune" && !(fb.Min >= file.Median && file.Median > 0) {
+					t.Errorf("scenario 6 kitsune: fleet blocks %+v for a file of %+v blocks", fb, file)
+				}
 			}
 			// The proxies ran as processes of their own: their usage
 			// must have been read.
@@ -139,7 +150,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back bench.Results
-	if err := json.Unmarshal(raw, &back); err != nil || len(back.Scenarios) != 5 {
+	if err := json.Unmarshal(raw, &back); err != nil || len(back.Scenarios) != 6 {
 		t.Errorf("results.json does not read back: %v (%d scenarios)", err, len(back.Scenarios))
 	}
 	md, err := os.ReadFile(filepath.Join(dir, "results.md"))

@@ -25,6 +25,7 @@ var chartGroups = []struct {
 	{2, "p99_speed", "2: p99 latency", 0},
 	{3, "aggregate", "3: aggregate", 0.80},
 	{5, "throughput", "5: WAN throughput", 0.90},
+	{6, "aggregate", "6: hot content", 1.5},
 }
 
 var chartPaths = []struct {

@@ -21,20 +21,26 @@ import (
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
 )
 
-// kuboOptions is the fleet's configuration: what the README advises for a
-// node behind Kitsune (a larger per-peer Bitswap budget), applied to every
-// node whichever path reaches it, and no connection trimming, so 2,000
-// idle connections to a node stay open as they do on Kitsune.
-func kuboOptions() kubotest.Options {
-	return kubotest.Options{Config: map[string]any{
-		"Internal.Bitswap.MaxOutstandingBytesPerPeer": 16 << 20,
-		"Swarm.ConnMgr.Type":                          "none",
-	}}
+// DefaultKuboOutstandingBytes is the per-peer Bitswap budget the
+// benchmark's fleet gets, as the README advises for a node behind Kitsune;
+// Kubo's own default is 1 MiB.
+const DefaultKuboOutstandingBytes = 16 << 20
+
+// kuboOptions is the fleet's configuration: the per-peer Bitswap budget
+// (outstanding bytes; 0 leaves Kubo's default), applied to every node
+// whichever path reaches it, and no connection trimming, so 2,000 idle
+// connections to a node stay open as they do on Kitsune.
+func kuboOptions(outstanding int) kubotest.Options {
+	cfg := map[string]any{"Swarm.ConnMgr.Type": "none"}
+	if outstanding > 0 {
+		cfg["Internal.Bitswap.MaxOutstandingBytesPerPeer"] = outstanding
+	}
+	return kubotest.Options{Config: cfg}
 }
 
 func (e *env) startKubo() *kubotest.Node {
 	e.tb.Helper()
-	return kubotest.Start(e.tb, kuboOptions())
+	return kubotest.Start(e.tb, kuboOptions(e.cfg.KuboOutstandingBytes))
 }
 
 // tcpAddrInfo is how every client reaches a Kubo node: TCP, as through

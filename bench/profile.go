@@ -23,7 +23,8 @@ import (
 // another fetches scenario 1's file, one while rounds of scenario 3's
 // clients fetch theirs, and a heap profile with scenario 4's idle
 // connections held. Files: cpu-throughput.pprof, cpu-many-clients.pprof,
-// heap-idle.pprof in dir. Read them with `go tool pprof -top FILE`.
+// heap-idle.pprof in dir, each only when cfg asks for that scenario (all
+// when it names none). Read them with `go tool pprof -top FILE`.
 func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 	tb.Helper()
 	bin, err := filepath.Abs(cfg.KitsuneBin)
@@ -46,8 +47,25 @@ func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 
-	// Throughput.
-	root, err := e.a.AddBytes(ctx, randomBytes(cfg.FileSize))
+	if cfg.wants(1) {
+		if err := e.profileThroughput(ctx, dir, seconds); err != nil {
+			return err
+		}
+	}
+	if cfg.wants(3) {
+		if err := e.profileManyClients(ctx, dir, seconds); err != nil {
+			return err
+		}
+	}
+	if cfg.wants(4) {
+		return e.profileIdle(ctx, dir)
+	}
+	return nil
+}
+
+// profileThroughput: one client after another fetches scenario 1's file.
+func (e *env) profileThroughput(ctx context.Context, dir string, seconds int) error {
+	root, err := e.a.AddBytes(ctx, randomBytes(e.cfg.FileSize))
 	if err != nil {
 		return err
 	}
@@ -58,11 +76,15 @@ func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 	if err != nil {
 		return fmt.Errorf("throughput profile: %w", err)
 	}
+	return nil
+}
 
-	// Many clients.
-	roots := make([]cid.Cid, cfg.Clients)
+// profileManyClients: rounds of scenario 3's clients fetch their files.
+func (e *env) profileManyClients(ctx context.Context, dir string, seconds int) error {
+	var err error
+	roots := make([]cid.Cid, e.cfg.Clients)
 	for i := range roots {
-		data := randomBytes(cfg.ClientFileSize)
+		data := randomBytes(e.cfg.ClientFileSize)
 		for _, n := range []*kubotest.Node{e.a, e.b} {
 			if roots[i], err = n.AddBytes(ctx, data); err != nil {
 				return err
@@ -88,14 +110,17 @@ func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 	if err != nil {
 		return fmt.Errorf("many-clients profile: %w", err)
 	}
+	return nil
+}
 
-	// Idle connections: the heap with them held.
-	srv, err := startKitsune(bin, feat, apiAddrs(e.a), e.tb.TempDir(), cfg.KitsuneFlags)
+// profileIdle: the heap with scenario 4's idle connections held.
+func (e *env) profileIdle(ctx context.Context, dir string) error {
+	srv, err := startKitsune(e.cfg.KitsuneBin, e.feat, apiAddrs(e.a), e.tb.TempDir(), e.cfg.KitsuneFlags)
 	if err != nil {
 		return err
 	}
 	defer srv.stop()
-	hosts := make([]host.Host, cfg.IdleConns)
+	hosts := make([]host.Host, e.cfg.IdleConns)
 	defer closeHosts(hosts)
 	if err := parallel(ctx, len(hosts), 16, func(ctx context.Context, i int) error {
 		h, err := plainHost()
@@ -109,7 +134,7 @@ func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 	}); err != nil {
 		return err
 	}
-	time.Sleep(cfg.Settle)
+	time.Sleep(e.cfg.Settle)
 	return fetchTo(ctx, srv.admin+"/debug/pprof/heap?gc=1", filepath.Join(dir, "heap-idle.pprof"))
 }
 
@@ -121,6 +146,10 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 		return err
 	}
 	defer srv.stop()
+	cpu0, bytes0, err := srv.cpuAndBytesOut(ctx)
+	if err != nil {
+		return err
+	}
 	done := make(chan error, 1)
 	go func() {
 		done <- fetchTo(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", srv.admin, seconds), file)
@@ -129,8 +158,20 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 	for {
 		select {
 		case err := <-done:
-			e.logf("  %s: %d rounds of load", filepath.Base(file), rounds)
-			return err
+			if err != nil {
+				return err
+			}
+			// CPU per byte relayed over the profile's window (and the
+			// round that ended it): the figure to compare builds by, exact
+			// where a count of rounds is not.
+			cpu1, bytes1, err := srv.cpuAndBytesOut(ctx)
+			if err != nil {
+				return err
+			}
+			gib := (bytes1 - bytes0) / (1 << 30)
+			e.logf("  %s: %d rounds of load; %.2f GiB relayed, %.2f CPU-s, %.2f CPU-s per GiB",
+				filepath.Base(file), rounds, gib, cpu1-cpu0, (cpu1-cpu0)/gib)
+			return nil
 		default:
 		}
 		lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -179,4 +220,15 @@ func fetchTo(ctx context.Context, url, file string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// cpuAndBytesOut reads Kitsune's CPU seconds (from /proc) and the block
+// bytes it has sent upstream (from /metrics).
+func (s *server) cpuAndBytesOut(ctx context.Context) (cpu, out float64, err error) {
+	u, err := s.usage()
+	if err != nil {
+		return 0, 0, err
+	}
+	out, err = s.metric(ctx, `kitsune_relay_bytes_total{direction="out"}`)
+	return u.CPUSeconds, out, err
 }

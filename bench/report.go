@@ -63,6 +63,16 @@ var columns = map[int][]column{
 		{head: "proxy CPU (s)", key: "proxy_cpu_s", format: "%.2f"},
 		{head: "proxy peak RSS (MiB)", key: "proxy_peak_rss_mib", format: "%.0f"},
 	},
+	6: {
+		{head: "aggregate MiB/s", key: "aggregate_mib_per_s", format: "%.0f"},
+		{head: "vs direct", key: "aggregate", vs: true, format: "%.2f"},
+		{head: "wall (s)", key: "wall_s", format: "%.2f"},
+		{head: "blocks in the file", key: "file_blocks", format: "%.0f"},
+		{head: "fleet blocks", key: "fleet_blocks", format: "%.0f"},
+		{head: "failed fetches (all runs)", key: "failures", sum: true, format: "%.0f"},
+		{head: "proxy CPU s per GiB", key: "proxy_cpu_s_per_gib", format: "%.1f"},
+		{head: "proxy peak RSS (MiB)", key: "proxy_peak_rss_mib", format: "%.0f"},
+	},
 }
 
 func (r *Results) machineLine() string {

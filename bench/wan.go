@@ -36,7 +36,7 @@ func (e *env) newWANWorld() *wanWorld {
 	o := &wanWorld{srv: w.Namespace("kitsune"), cli: w.Namespace("client")}
 	l := w.Link(o.srv, wanSrvIP+"/24", o.cli, wanCliIP+"/24")
 	l.Shape(e.tb, netns.Shape{Rate: wanRate})
-	opts := kuboOptions()
+	opts := kuboOptions(e.cfg.KuboOutstandingBytes)
 	opts.In = o.srv
 	o.node = kubotest.Start(e.tb, opts)
 	return o
@@ -130,7 +130,7 @@ func (e *env) scenario5() (*ScenarioResult, error) {
 				if err != nil {
 					return nil, err
 				}
-				copts := kuboOptions()
+				copts := kuboOptions(e.cfg.KuboOutstandingBytes)
 				copts.In = o.cli
 				c := kubotest.Start(e.tb, copts)
 				defer c.Stop()

@@ -67,11 +67,14 @@ type core struct {
 	expiring *list.List
 	hints    hintCache // which node last said HAVE for a CID
 	fetchSeq uint64
+	// picking and skip serve pick (core_nodes.go).
+	picking pickArgs
+	skip    func(peer.ID) bool
 }
 
 func newCore(cfg Config, fx effects, down fleet, counters *Counters) *core {
 	cfg.fill()
-	return &core{
+	k := &core{
 		cfg: cfg, fx: fx, down: down, counters: counters,
 		wants:    make(map[cid.Cid]*want),
 		peers:    make(map[peer.ID]*upstream),
@@ -79,6 +82,8 @@ func newCore(cfg Config, fx effects, down fleet, counters *Counters) *core {
 		expiring: list.New(),
 		hints:    newHintCache(4096),
 	}
+	k.skip = k.skipPicked
+	return k
 }
 
 // ---- peer side ----
@@ -165,7 +170,8 @@ type want struct {
 	sentAt   time.Time
 	// prio is the priority Kitsune gives w downstream (see priority).
 	prio int32
-	// tried holds the nodes that answered DONT_HAVE in this round.
+	// tried holds the nodes that answered DONT_HAVE in this round (nil
+	// until one does).
 	tried map[peer.ID]struct{}
 	// qi is w's index in the queue while it waits for a node with room
 	// (-1 otherwise), qseq its arrival there.
@@ -332,7 +338,7 @@ func (k *core) addWanter(p peer.ID, u *upstream, e bsmsg.Entry) {
 
 	w := k.wants[e.Cid]
 	if w == nil {
-		w = &want{c: e.Cid, wanters: map[peer.ID]wanter{p: wr}, tried: make(map[peer.ID]struct{}), qi: -1}
+		w = &want{c: e.Cid, wanters: map[peer.ID]wanter{p: wr}, qi: -1}
 		k.wants[e.Cid] = w
 		if k.queue.Len() > 0 {
 			// Others are waiting for room: the newcomer waits with them,

@@ -98,17 +98,16 @@ func (k *core) unassign(w *want, o downstream.Outcome, cancel bool) {
 // it when every such node is at its cap, and deals with a miss when there
 // is no such node at all.
 func (k *core) dispatch(w *want) {
-	tried := func(id peer.ID) bool { _, t := w.tried[id]; return t }
-	if h, ok := k.hints.get(w.c); ok && !tried(h) && !k.full(h) && k.usable(h) {
+	if h, ok := k.hints.get(w.c); ok && !triedBy(w, h) && !k.full(h) && k.usable(h) {
 		// The node that said HAVE is the one to ask for the block.
 		k.assign(w, h)
 		return
 	}
-	if id, ok := k.down.Pick(w.c, func(id peer.ID) bool { return tried(id) || k.full(id) }); ok {
+	if id, ok := k.pick(w, true, ""); ok {
 		k.assign(w, id)
 		return
 	}
-	if _, ok := k.down.Pick(w.c, tried); ok {
+	if _, ok := k.pick(w, false, ""); ok {
 		if w.prio == 0 {
 			w.prio = k.priority(w)
 		}
@@ -238,6 +237,39 @@ func (k *core) exhaust(w *want) {
 func triedBy(w *want, id peer.ID) bool {
 	_, ok := w.tried[id]
 	return ok
+}
+
+// triedOn notes that node id said DONT_HAVE to w in this round. The set
+// is made on first use: most wants are answered by the first node.
+func (w *want) triedOn(id peer.ID) {
+	if w.tried == nil {
+		w.tried = make(map[peer.ID]struct{})
+	}
+	w.tried[id] = struct{}{}
+}
+
+// pick asks the pool for a node for w, skipping the nodes that said
+// DONT_HAVE to it in this round, and, when full is set, those at their cap
+// and avoid. The skip function is a method value bound once (newCore),
+// reading what it needs from k.picking: a closure made here would be
+// allocated for every want dispatched.
+func (k *core) pick(w *want, full bool, avoid peer.ID) (peer.ID, bool) {
+	k.picking = pickArgs{w: w, full: full, avoid: avoid}
+	defer func() { k.picking = pickArgs{} }()
+	return k.down.Pick(w.c, k.skip)
+}
+
+// pickArgs are the arguments of the pick in progress.
+type pickArgs struct {
+	w     *want
+	full  bool
+	avoid peer.ID
+}
+
+// skipPicked is k.skip: whether the pick in progress passes node id over.
+func (k *core) skipPicked(id peer.ID) bool {
+	a := k.picking
+	return triedBy(a.w, id) || (a.full && (k.full(id) || id == a.avoid))
 }
 
 // setExhausted marks w as refused by every node, or no longer, in
@@ -382,7 +414,7 @@ func (k *core) fromNode(from peer.ID, bs []blocks.Block, haves, dontHaves []cid.
 		// Kubo keeps a want it answered DONT_HAVE to; cancel it so it does
 		// not take one of the node's queue slots for nothing.
 		k.unassign(w, downstream.OutcomeDontHave, true)
-		w.tried[from] = struct{}{}
+		w.triedOn(from)
 		k.counters.Failovers.Add(1)
 		k.dispatch(w)
 	}
@@ -542,16 +574,13 @@ func (k *core) tick(now time.Time) {
 		// first want moved reports it; the others are only cancelled.
 		outcome := downstream.OutcomeFailed
 		for _, w := range late {
-			alt, ok := k.down.Pick(w.c, func(p peer.ID) bool {
-				_, t := w.tried[p]
-				return t || p == id || k.full(p)
-			})
+			alt, ok := k.pick(w, true, id)
 			if !ok {
 				continue // nowhere better: keep waiting on this node
 			}
 			k.unassign(w, outcome, true)
 			outcome = downstream.OutcomeCancelled
-			w.tried[id] = struct{}{}
+			w.triedOn(id)
 			k.counters.Failovers.Add(1)
 			k.counters.Timeouts.Add(1)
 			k.assign(w, alt)

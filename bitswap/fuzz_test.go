@@ -222,17 +222,28 @@ func (fx *fuzzFixture) run(t *testing.T, ctl uint8, a, b []byte) {
 
 	for i, raw := range [][]byte{a, b} {
 		m, err := parseFrame(raw)
-		if err != nil {
-			continue // bsnet resets the stream; the relay never sees it
-		}
 		fromNode := ctl&(1<<i) != 0
 		who := int(ctl>>(2+2*i)) & 3
 		if fromNode {
-			r.fromDownstream(fx.nodes[who%2], m)
-		} else {
-			learn(m)
-			r.fromUpstream(fx.ups[who], m)
+			// The relay's own parser, checked against boxo's.
+			nm, nerr := parseNodeMessage(bytes.Clone(raw))
+			if (err == nil) != (nerr == nil) {
+				t.Fatalf("boxo's parser: %v; Kitsune's: %v", err, nerr)
+			}
+			if nerr != nil {
+				continue // the stream is reset; the relay never sees it
+			}
+			if diff := sameNodeMessage(nodeMessageOf(m), nm); diff != "" {
+				t.Fatalf("parsers disagree: %s", diff)
+			}
+			r.fromDownstream(fx.nodes[who%2], nm)
+			continue
 		}
+		if err != nil {
+			continue // bsnet resets the stream; the relay never sees it
+		}
+		learn(m)
+		r.fromUpstream(fx.ups[who], m)
 	}
 	if s := r.Stats(); s.Wants > len(fx.ups)*64 {
 		t.Fatalf("%d wants in the table, over 4 peers × 64", s.Wants)

@@ -110,6 +110,7 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 func (r *Relay) Start(ctx context.Context) {
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	r.back.Start(backReceiver{r})
+	r.serveNodeStreams() // see inbound.go
 	r.front.Start(frontReceiver{r})
 	// bsnet reports a disconnect only for a peer its event worker saw
 	// connected: one that connects, sends wants and leaves before that
@@ -263,7 +264,7 @@ func (r *Relay) upstreamGone(p peer.ID) {
 type backReceiver struct{ r *Relay }
 
 func (b backReceiver) ReceiveMessage(ctx context.Context, p peer.ID, msg bsmsg.BitSwapMessage) {
-	b.r.fromDownstream(p, msg)
+	b.r.fromDownstream(p, nodeMessageOf(msg))
 }
 func (b backReceiver) ReceiveError(error)    {}
 func (b backReceiver) PeerConnected(peer.ID) {}
@@ -282,7 +283,7 @@ func (r *Relay) nodeOutLocked(id peer.ID) *wantOutbox {
 	return o
 }
 
-func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
+func (r *Relay) fromDownstream(from peer.ID, msg nodeMessage) {
 	if !r.down.IsNode(from) {
 		return
 	}
@@ -295,7 +296,7 @@ func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
 	// to upstream peers; for anything else Kitsune says DONT_HAVE at once
 	// rather than let the node wait for a timeout.
 	var dont []cid.Cid
-	for _, e := range msg.Wantlist() {
+	for _, e := range msg.wants {
 		switch s := r.rev.sessionFor(from, e.Cid); {
 		case e.Cancel:
 			r.rev.cancel(from, e.Cid)
@@ -308,7 +309,7 @@ func (r *Relay) fromDownstream(from peer.ID, msg bsmsg.BitSwapMessage) {
 	if len(dont) > 0 {
 		r.nodeOutLocked(from).dontHave(r.ctx, dont)
 	}
-	r.core.fromNode(from, msg.Blocks(), msg.Haves(), msg.DontHaves(), now)
+	r.core.fromNode(from, msg.blocks, msg.haves, msg.dontHaves, now)
 }
 
 // NodeUp implements downstream.Listener: a node joined, came back, or was

@@ -1,10 +1,8 @@
 package downstream
 
 import (
-	"hash/fnv"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -67,43 +65,74 @@ type Affinity struct {
 	Epsilon float64
 }
 
-// Select implements Policy.
+// Select implements Policy. It ranks the candidates by score without
+// sorting or allocating (it runs for every want): the choice is the
+// highest-scoring candidate under the load bound, or the highest-scoring
+// of all when every one is over it.
 func (a *Affinity) Select(cands []Candidate, c cid.Cid) Candidate {
 	if len(cands) == 1 {
 		return cands[0]
 	}
-	mh := c.Hash()
-	type ranked struct {
-		Candidate
-		score uint64
-	}
-	rs := make([]ranked, len(cands))
+	mh := multihashOf(c)
 	total := 0
-	for i, cand := range cands {
-		h := fnv.New64a()
-		h.Write(mh)
-		h.Write([]byte(cand.ID))
-		rs[i] = ranked{cand, mix64(h.Sum64())}
+	for _, cand := range cands {
 		total += cand.InFlight
 	}
-	slices.SortFunc(rs, func(x, y ranked) int {
-		switch {
-		case x.score > y.score:
-			return -1
-		case x.score < y.score:
-			return 1
-		}
-		return 0
-	})
 	// The bound counts the want being placed, so an idle pool always
 	// accepts the first choice.
 	bound := int(math.Ceil((1 + a.Epsilon) * float64(total+1) / float64(len(cands))))
-	for _, r := range rs {
-		if r.InFlight < bound {
-			return r.Candidate
+	best, bestUnder := -1, -1
+	var bestScore, bestUnderScore uint64
+	for i, cand := range cands {
+		score := affinityScore(mh, cand.ID)
+		if best < 0 || score > bestScore {
+			best, bestScore = i, score
+		}
+		if cand.InFlight < bound && (bestUnder < 0 || score > bestUnderScore) {
+			bestUnder, bestUnderScore = i, score
 		}
 	}
-	return rs[0].Candidate
+	if bestUnder >= 0 {
+		return cands[bestUnder]
+	}
+	return cands[best]
+}
+
+// affinityScore is a node's rendezvous score for a block: FNV-1a over the
+// multihash then the peer ID, mixed. Written out rather than through
+// hash/fnv, whose hasher and byte conversion allocate on every call.
+func affinityScore(mh string, id peer.ID) uint64 {
+	const (
+		offset64 = 14695981039346656037
+		prime64  = 1099511628211
+	)
+	h := uint64(offset64)
+	for i := 0; i < len(mh); i++ {
+		h ^= uint64(mh[i])
+		h *= prime64
+	}
+	for i := 0; i < len(id); i++ {
+		h ^= uint64(id[i])
+		h *= prime64
+	}
+	return mix64(h)
+}
+
+// multihashOf is c.Hash() without its copy: the multihash is the whole
+// of a CIDv0, and what follows the version and codec varints of a CIDv1.
+func multihashOf(c cid.Cid) string {
+	s := c.KeyString()
+	if c.Version() == 0 {
+		return s
+	}
+	for range 2 {
+		i := 0
+		for i < len(s) && s[i]&0x80 != 0 {
+			i++
+		}
+		s = s[min(i+1, len(s)):]
+	}
+	return s
 }
 
 // mix64 is MurmurHash3's 64-bit finalizer. Peer IDs share long prefixes,

@@ -126,6 +126,11 @@ type Pool struct {
 	wg       sync.WaitGroup
 	listener Listener
 	lastWarn time.Time
+	// pick is Pick's scratch space, under mu.
+	pick struct {
+		healthy, ejected []Candidate
+		fails            []int
+	}
 
 	evMu   sync.Mutex
 	events []func(Listener)
@@ -261,15 +266,15 @@ func (p *Pool) IsNode(id peer.ID) bool { return p.node(id) != nil }
 // Pick chooses a node for c among those skip does not exclude: a healthy
 // one when there is any. When none is healthy the pool is never emptied by
 // ejection: it routes to the least bad connected nodes and says so.
+// It runs for every want, so it allocates nothing: the candidate lists are
+// the pool's own, reused under its lock. skip is called under that lock
+// and must not call back into the pool.
 func (p *Pool) Pick(c cid.Cid, skip func(peer.ID) bool) (peer.ID, bool) {
 	p.mu.Lock()
-	nodes := slices.Clone(p.nodes)
-	p.mu.Unlock()
-	var healthy, ejected []Candidate
-	var ejectedFails []int // failures of each ejected candidate
-	for _, n := range nodes {
+	healthy, ejected, fails := p.pick.healthy[:0], p.pick.ejected[:0], p.pick.fails[:0]
+	for _, n := range p.nodes {
 		n.mu.Lock()
-		id, up, st, fails := n.id, n.connected, n.health.state, n.health.failures
+		id, up, st, failures := n.id, n.connected, n.health.state, n.health.failures
 		cand := Candidate{ID: id, URL: n.URL, InFlight: n.inFlight, Latency: n.ewma}
 		n.mu.Unlock()
 		if !up || (skip != nil && skip(id)) {
@@ -277,33 +282,35 @@ func (p *Pool) Pick(c cid.Cid, skip func(peer.ID) bool) (peer.ID, bool) {
 		}
 		if st == StateEjected {
 			ejected = append(ejected, cand)
-			ejectedFails = append(ejectedFails, fails)
+			fails = append(fails, failures)
 		} else {
 			healthy = append(healthy, cand)
 		}
 	}
+	p.pick.healthy, p.pick.ejected, p.pick.fails = healthy, ejected, fails
 	cands := healthy
+	warn := false
 	if len(cands) == 0 && len(ejected) > 0 {
-		least := slices.Min(ejectedFails)
+		least := slices.Min(fails)
 		for i, c := range ejected {
-			if ejectedFails[i] == least {
+			if fails[i] == least {
 				cands = append(cands, c)
 			}
 		}
-		p.mu.Lock()
-		warn := time.Since(p.lastWarn) > 10*time.Second
-		if warn {
+		p.pick.healthy = cands
+		if warn = time.Since(p.lastWarn) > 10*time.Second; warn {
 			p.lastWarn = time.Now()
 		}
-		p.mu.Unlock()
-		if warn {
-			p.log.Warn("no healthy downstream node; routing to the least bad ejected ones", zap.Int("nodes", len(cands)))
-		}
 	}
-	if len(cands) == 0 {
-		return "", false
+	var id peer.ID
+	if len(cands) > 0 {
+		id = p.opts.Policy.Select(cands, c).ID
 	}
-	return p.opts.Policy.Select(cands, c).ID, true
+	p.mu.Unlock()
+	if warn {
+		p.log.Warn("no healthy downstream node; routing to the least bad ejected ones", zap.Int("nodes", len(cands)))
+	}
+	return id, len(cands) > 0
 }
 
 // ChooseAPI returns the RPC base URL of the node the policy picks for c,

@@ -26,6 +26,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	relayclient "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -427,5 +429,43 @@ func TestTLSReload(t *testing.T) {
 	}
 	if _, err := LoadTLS(cf, filepath.Join(dir, "nope.pem")); err == nil || !strings.Contains(err.Error(), "nope.pem") {
 		t.Fatalf("missing key file: %v", err)
+	}
+}
+
+// The back host dials with TLS 1.3 whenever the node offers it, as Kubo
+// does: AES-GCM costs a fraction of Noise's ChaCha20-Poly1305 per byte,
+// and the dialer's preference decides. A node offering only Noise is
+// still reached, over Noise.
+func TestBackHostPrefersTLS(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		node []libp2p.Option
+		psk  pnet.PSK
+		want string
+	}{
+		// Kubo's own order puts TLS first too; Noise first here shows the
+		// dialer's order is what counts.
+		{"noise and tls", []libp2p.Option{libp2p.Security(noise.ID, noise.New), libp2p.Security(libp2ptls.ID, libp2ptls.New)}, nil, libp2ptls.ID},
+		{"noise and tls, private network", []libp2p.Option{libp2p.Security(noise.ID, noise.New), libp2p.Security(libp2ptls.ID, libp2ptls.New)}, randomPSK(t), libp2ptls.ID},
+		{"noise only", []libp2p.Option{libp2p.Security(noise.ID, noise.New)}, nil, noise.ID},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			back, err := NewBack(BackConfig{Key: newKey(t), PSK: tc.psk})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer back.Close()
+			node := client(t, tc.psk, append(tc.node, libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))...)
+			if err := connect(back, node); err != nil {
+				t.Fatal(err)
+			}
+			conns := back.Network().ConnsToPeer(node.ID())
+			if len(conns) == 0 {
+				t.Fatal("no connection to the node")
+			}
+			if got := string(conns[0].ConnState().Security); got != tc.want {
+				t.Errorf("security %q, want %q", got, tc.want)
+			}
+		})
 	}
 }

@@ -229,8 +229,14 @@ func NewBack(cfg BackConfig) (host.Host, error) {
 		libp2p.NoListenAddrs,
 		libp2p.Transport(tcp.NewTCPTransport),
 		libp2p.Transport(websocket.New),
-		libp2p.Security(noise.ID, noise.New),
+		// TLS 1.3 first: the dialer's order decides, and Kitsune dials
+		// every node. Its AES-GCM runs on the CPU's AES instructions,
+		// where Noise's ChaCha20-Poly1305 was the largest single cost of
+		// relaying a block (decrypting everything the fleet sends; see
+		// docs/performance.md). Both ends gain: Kubo encrypts with it
+		// too. Noise stays for a node that offers nothing else.
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(noise.ID, noise.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
 		libp2p.UserAgent(UserAgent),
 		libp2p.DisableRelay(),

@@ -24,7 +24,7 @@ func main() {
 	var (
 		kitsune   = flag.String("kitsune", "bin/kitsune", "Kitsune binary to benchmark (the Kubo binary comes from $KITSUNE_KUBO_BIN or .cache/bin/ipfs)")
 		out       = flag.String("out", "bench/results", "directory for results.json, results.md and ratios.png; empty writes nothing")
-		scenarios = flag.String("scenarios", "1,2,3,4,5", "comma-separated scenarios to run (5: the WAN link, needs root for network namespaces)")
+		scenarios = flag.String("scenarios", "1,2,3,4,5,6", "comma-separated scenarios to run (5: the WAN link, needs root for network namespaces; 6: hot content)")
 		smoke     = flag.Bool("smoke", false, "tiny sizes and one run of each: checks the harness in seconds")
 		runs12    = flag.Int("runs12", def.Runs12, "runs of scenarios 1, 2 and 5")
 		runs34    = flag.Int("runs34", def.Runs34, "runs of scenarios 3 and 4")
@@ -33,9 +33,11 @@ func main() {
 		clients   = flag.Int("clients", def.Clients, "scenario 3: concurrent clients")
 		conns     = flag.Int("conns", def.IdleConns, "scenario 4: idle connections")
 		wanMiB    = flag.Int("wan-mib", def.WANFileSize/(1<<20), "scenario 5: file size in MiB")
+		hotMiB    = flag.Int("hot-mib", def.HotFileSize/(1<<20), "scenario 6: size in MiB of the file every client fetches")
+		kuboOut   = flag.Int("kubo-outstanding-bytes", def.KuboOutstandingBytes, "every Kubo node's Internal.Bitswap.MaxOutstandingBytesPerPeer; 0 leaves Kubo's default (1 MiB)")
 		kflags    = flag.String("kitsune-flags", "", "extra flags for Kitsune, space-separated")
 		command   = flag.String("command", "", "how this run was started, for the report (default: the command line)")
-		profile   = flag.String("profile", "", "instead of benchmarking, record Kitsune's CPU profiles under scenario 1's and 3's loads and its heap with scenario 4's idle connections into this directory (needs Kitsune's --admin)")
+		profile   = flag.String("profile", "", "instead of benchmarking, record Kitsune's CPU profiles under scenario 1's and 3's loads and its heap with scenario 4's idle connections (those of them -scenarios names) into this directory (needs Kitsune's --admin)")
 		profSecs  = flag.Int("profile-seconds", 20, "length of each CPU profile")
 	)
 	flag.Parse()
@@ -47,15 +49,17 @@ func main() {
 		cfg.Runs12, cfg.Runs34 = *runs12, *runs34
 		cfg.FileSize, cfg.Blocks, cfg.Clients, cfg.IdleConns = *fileMiB<<20, *blocks, *clients, *conns
 		cfg.WANFileSize = *wanMiB << 20
+		cfg.HotFileSize = *hotMiB << 20
 	}
+	cfg.KuboOutstandingBytes = *kuboOut
 	cfg.KitsuneBin = *kitsune
 	cfg.KitsuneFlags = strings.Fields(*kflags)
 	cfg.Log = os.Stderr
 	cfg.Revision = revision()
 	for _, s := range strings.Split(*scenarios, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
-		if err != nil || n < 1 || n > 5 {
-			fmt.Fprintf(os.Stderr, "kitsune-bench: -scenarios: %q is not 1-5\n", s)
+		if err != nil || n < 1 || n > 6 {
+			fmt.Fprintf(os.Stderr, "kitsune-bench: -scenarios: %q is not 1-6\n", s)
 			os.Exit(2)
 		}
 		cfg.Scenarios = append(cfg.Scenarios, n)

@@ -1,0 +1,438 @@
+package bitswap
+
+// The inbound path from the fleet: Kitsune reads the Bitswap streams the
+// nodes open to the back host itself, instead of through bsnet, and
+// parses each message without copying block payloads.
+//
+// bsnet reads a message into a pooled buffer, lets the protobuf decoder
+// copy every block out of it (an allocation and a copy per block), and
+// builds a message of maps. Here the message is read into a buffer of its
+// own and the blocks' bytes are slices of it: one allocation per message,
+// no copy. Each block is still hashed exactly once, to compute its CID,
+// as boxo's decoder does (bsmsg.NewWantlistBlock): that hash is the check
+// that a node's bytes are the block that was asked for, and nothing later
+// hashes it again (blocks.NewBlockWithCid only checks under u.Debug).
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"time"
+
+	bsmsg "github.com/ipfs/boxo/bitswap/message"
+	pb "github.com/ipfs/boxo/bitswap/message/pb"
+	"github.com/ipfs/boxo/bitswap/network/bsnet"
+	blocks "github.com/ipfs/go-block-format"
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-msgio"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// nodeMessage is what one message from a node carries, as the relay uses
+// it: the node's own wants (a Kubo node asks its peers for what it
+// fetches), and its answers to Kitsune's.
+type nodeMessage struct {
+	wants     []bsmsg.Entry
+	blocks    []blocks.Block
+	haves     []cid.Cid
+	dontHaves []cid.Cid
+}
+
+// nodeMessageOf converts a message bsnet parsed.
+func nodeMessageOf(m bsmsg.BitSwapMessage) nodeMessage {
+	return nodeMessage{wants: m.Wantlist(), blocks: m.Blocks(), haves: m.Haves(), dontHaves: m.DontHaves()}
+}
+
+// nodeProtocols are the Bitswap protocols bsnet registers on the back
+// host (its defaults: the relay's back network has no protocol prefix).
+var nodeProtocols = []protocol.ID{bsnet.ProtocolBitswap, bsnet.ProtocolBitswapOneOne, bsnet.ProtocolBitswapOneZero, bsnet.ProtocolBitswapNoVers}
+
+// serveNodeStreams takes the back host's Bitswap stream handlers over from
+// bsnet, which registered them in Start; bsnet keeps sending and its
+// connection events.
+func (r *Relay) serveNodeStreams() {
+	h := r.back.Host()
+	if h == nil {
+		return
+	}
+	for _, p := range nodeProtocols {
+		h.SetStreamHandler(p, r.handleNodeStream)
+	}
+}
+
+// closeTimeout bounds the close of a finished stream, as bsnet's does.
+const closeTimeout = 10 * time.Second
+
+// handleNodeStream reads one node's stream, message after message, and
+// hands each to the relay; a message that does not parse resets the
+// stream, as bsnet does.
+func (r *Relay) handleNodeStream(s network.Stream) {
+	from := s.Conn().RemotePeer()
+	for {
+		frame, err := readFrame(s, network.MessageSizeMax)
+		if err == nil {
+			var msg nodeMessage
+			if msg, err = parseNodeMessage(frame); err == nil {
+				r.fromDownstream(from, msg)
+				continue
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			go func() {
+				_ = s.SetReadDeadline(time.Now().Add(closeTimeout))
+				_ = s.Close()
+			}()
+		} else {
+			_ = s.Reset()
+			r.log.Debug("bad stream from node", zap.Stringer("node", from), zap.Error(err))
+		}
+		return
+	}
+}
+
+// readFrame reads one length-prefixed message into a buffer of its own,
+// which the blocks parsed from it keep. The memory is reserved in the
+// stream's resource-manager scope while it is read and parsed; what the
+// relay keeps afterwards is bounded by its own budgets.
+func readFrame(s network.Stream, max int) ([]byte, error) {
+	length, err := binary.ReadUvarint(byteReader{s})
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, io.EOF // between messages: a clean end
+		}
+		return nil, err
+	}
+	if length > uint64(max) {
+		return nil, msgio.ErrMsgTooLarge
+	}
+	size := int(length)
+	if err := s.Scope().ReserveMemory(size, network.ReservationPriorityHigh); err != nil {
+		return nil, errReservation
+	}
+	defer s.Scope().ReleaseMemory(size)
+	frame := make([]byte, size)
+	if _, err := io.ReadFull(s, frame); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return frame, nil
+}
+
+// Field numbers of bitswap/message/pb/message.proto.
+const (
+	fMessageWantlist       = 1
+	fMessageBlocks         = 2 // Bitswap 1.0.0
+	fMessagePayload        = 3
+	fMessageBlockPresences = 4
+
+	fWantlistEntries = 1
+	fWantlistFull    = 2
+
+	fEntryBlock        = 1
+	fEntryPriority     = 2
+	fEntryCancel       = 3
+	fEntryWantType     = 4
+	fEntrySendDontHave = 5
+
+	fBlockPrefix = 1
+	fBlockData   = 2
+
+	fPresenceCid  = 1
+	fPresenceType = 2
+)
+
+var errCidMissing = errors.New("missing cid")
+
+// parseNodeMessage parses a Bitswap message (the body of a frame) the way
+// boxo's bsmsg.FromMsgReader does, with the same results and the same
+// errors, except that block payloads are slices of frame rather than
+// copies. A payload much smaller than its frame is copied all the same,
+// so that keeping one small block does not keep a large frame: what a
+// block keeps alive is at most 4 times its size.
+//
+// As protobuf does, an unknown field, or a known one with an unexpected
+// wire type, is skipped; a singular field given twice takes the last
+// value; entries, blocks and presences for one CID merge as in boxo's
+// message (its addEntry rules, the last block and presence win).
+func parseNodeMessage(frame []byte) (nodeMessage, error) {
+	var (
+		p         parser
+		m         nodeMessage
+		presences []bsmsg.BlockPresence
+	)
+	p.frame = len(frame)
+	err := eachField(frame, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		if typ != protowire.BytesType {
+			return nil
+		}
+		switch num {
+		case fMessageWantlist:
+			return eachField(v, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+				switch {
+				case num == fWantlistEntries && typ == protowire.BytesType:
+					e, err := parseEntry(v)
+					if err != nil {
+						return err
+					}
+					m.wants = p.mergeEntry(m.wants, e)
+				case num == fWantlistFull && typ == protowire.VarintType:
+					// Full is not used from a node: its wants are answered
+					// one by one.
+				}
+				return nil
+			})
+		case fMessageBlocks:
+			// CIDv0: NewBlock hashes the bytes with SHA-256.
+			m.blocks = p.mergeBlock(m.blocks, blocks.NewBlock(p.keep(v)))
+		case fMessagePayload:
+			b, err := p.payload(v)
+			if err != nil {
+				return err
+			}
+			m.blocks = p.mergeBlock(m.blocks, b)
+		case fMessageBlockPresences:
+			bp, err := parsePresence(v)
+			if err != nil {
+				return err
+			}
+			presences = p.mergePresence(presences, bp)
+		}
+		return nil
+	})
+	if err != nil {
+		return nodeMessage{}, err
+	}
+	for _, bp := range presences {
+		switch bp.Type {
+		case pb.Message_Have:
+			m.haves = append(m.haves, bp.Cid)
+		case pb.Message_DontHave:
+			m.dontHaves = append(m.dontHaves, bp.Cid)
+		}
+	}
+	return m, nil
+}
+
+// eachField calls f with each field of a protobuf message: its number,
+// wire type, and its bytes (length-delimited fields) or value (varints and
+// fixed-size ones).
+func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		var (
+			v []byte
+			x uint64
+		)
+		switch typ {
+		case protowire.BytesType:
+			v, n = protowire.ConsumeBytes(b)
+		case protowire.VarintType:
+			x, n = protowire.ConsumeVarint(b)
+		case protowire.Fixed32Type:
+			var x32 uint32
+			x32, n = protowire.ConsumeFixed32(b)
+			x = uint64(x32)
+		case protowire.Fixed64Type:
+			x, n = protowire.ConsumeFixed64(b)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if err := f(num, typ, v, x); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func parseEntry(b []byte) (bsmsg.Entry, error) {
+	var (
+		e   bsmsg.Entry
+		raw []byte
+	)
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+		switch {
+		case num == fEntryBlock && typ == protowire.BytesType:
+			raw = v
+		case num == fEntryPriority && typ == protowire.VarintType:
+			e.Priority = int32(x)
+		case num == fEntryCancel && typ == protowire.VarintType:
+			e.Cancel = x != 0
+		case num == fEntryWantType && typ == protowire.VarintType:
+			e.WantType = pb.Message_Wantlist_WantType(int32(x))
+		case num == fEntrySendDontHave && typ == protowire.VarintType:
+			e.SendDontHave = x != 0
+		}
+		return nil
+	})
+	if err != nil {
+		return e, err
+	}
+	if len(raw) == 0 {
+		return e, errCidMissing
+	}
+	// cid.Cast copies what it keeps (the CID is a string).
+	if e.Cid, err = cid.Cast(raw); err != nil {
+		return e, err
+	}
+	return e, nil
+}
+
+// mergeEntry adds e to es, or merges it into the entry for the same CID
+// by boxo's rules (message.go addEntry).
+func (p *parser) mergeEntry(es []bsmsg.Entry, e bsmsg.Entry) []bsmsg.Entry {
+	if i := p.wants.find(len(es), func(i int) cid.Cid { return es[i].Cid }, e.Cid); i >= 0 {
+		old := &es[i]
+		if old.WantType == e.WantType {
+			old.Priority = e.Priority
+		}
+		old.Cancel = old.Cancel || e.Cancel
+		old.SendDontHave = old.SendDontHave || e.SendDontHave
+		if e.WantType == pb.Message_Wantlist_Block && old.WantType == pb.Message_Wantlist_Have {
+			old.WantType = e.WantType
+		}
+		return es
+	}
+	p.wants.added(e.Cid, len(es))
+	return append(es, e)
+}
+
+// mergeBlock adds b, replacing an earlier block with the same CID (whose
+// bytes, having the same hash, are the same).
+func (p *parser) mergeBlock(bs []blocks.Block, b blocks.Block) []blocks.Block {
+	if i := p.blocks.find(len(bs), func(i int) cid.Cid { return bs[i].Cid() }, b.Cid()); i >= 0 {
+		bs[i] = b
+		return bs
+	}
+	p.blocks.added(b.Cid(), len(bs))
+	return append(bs, b)
+}
+
+func parsePresence(b []byte) (bsmsg.BlockPresence, error) {
+	var (
+		bp  bsmsg.BlockPresence
+		raw []byte
+	)
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
+		switch {
+		case num == fPresenceCid && typ == protowire.BytesType:
+			raw = v
+		case num == fPresenceType && typ == protowire.VarintType:
+			bp.Type = pb.Message_BlockPresenceType(int32(x))
+		}
+		return nil
+	})
+	if err != nil {
+		return bp, err
+	}
+	if len(raw) == 0 {
+		return bp, errCidMissing
+	}
+	if bp.Cid, err = cid.Cast(raw); err != nil {
+		return bp, err
+	}
+	if !bp.Cid.Defined() {
+		return bp, errCidMissing
+	}
+	return bp, nil
+}
+
+func (p *parser) mergePresence(ps []bsmsg.BlockPresence, bp bsmsg.BlockPresence) []bsmsg.BlockPresence {
+	if i := p.presences.find(len(ps), func(i int) cid.Cid { return ps[i].Cid }, bp.Cid); i >= 0 {
+		ps[i].Type = bp.Type
+		return ps
+	}
+	p.presences.added(bp.Cid, len(ps))
+	return append(ps, bp)
+}
+
+// parser holds what the parts of one message share: the frame's length,
+// and where each CID's entry, block and presence went.
+type parser struct {
+	frame                    int
+	wants, blocks, presences cidIndex
+}
+
+// cidIndex finds the element for a CID in a list that only grows: a scan
+// while the list is short, a map once it is not (a node's wantlist can
+// hold a thousand entries).
+type cidIndex struct{ m map[cid.Cid]int }
+
+const cidIndexScan = 16
+
+func (x *cidIndex) find(n int, at func(int) cid.Cid, c cid.Cid) int {
+	if x.m == nil {
+		if n <= cidIndexScan {
+			for i := range n {
+				if at(i) == c {
+					return i
+				}
+			}
+			return -1
+		}
+		x.m = make(map[cid.Cid]int, 2*n)
+		for i := range n {
+			x.m[at(i)] = i
+		}
+	}
+	if i, ok := x.m[c]; ok {
+		return i
+	}
+	return -1
+}
+
+// added notes that c is at index i.
+func (x *cidIndex) added(c cid.Cid, i int) {
+	if x.m != nil {
+		x.m[c] = i
+	}
+}
+
+// payload parses a Bitswap 1.1+ block: its CID prefix and its bytes,
+// hashed once here to give the block its CID.
+func (p *parser) payload(b []byte) (blocks.Block, error) {
+	var prefix, data []byte
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+		switch {
+		case num == fBlockPrefix && typ == protowire.BytesType:
+			prefix = v
+		case num == fBlockData && typ == protowire.BytesType:
+			data = v
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	pref, err := cid.PrefixFromBytes(prefix)
+	if err != nil {
+		return nil, err
+	}
+	c, err := pref.Sum(data)
+	if err != nil {
+		return nil, err
+	}
+	return blocks.NewBlockWithCid(p.keep(data), c)
+}
+
+// keep returns the bytes a block keeps: data itself, a slice of the
+// frame, unless that would keep a frame over 4 times its size alive.
+func (p *parser) keep(data []byte) []byte {
+	if 4*len(data) >= p.frame {
+		return data
+	}
+	return bytes.Clone(data)
+}
