@@ -46,6 +46,13 @@ type Config struct {
 	// wanters (a block added to the fleet meanwhile still reaches them);
 	// then it is dropped, as if cancelled.
 	ExhaustedTTL time.Duration
+	// RecentBlockBytes bounds the blocks kept after they were relayed, so
+	// a want arriving just after its block went out (a flash crowd
+	// fetching the same content) is answered without asking the fleet
+	// again; RecentBlockTTL is how long an unused one stays. Negative
+	// keeps none.
+	RecentBlockBytes int
+	RecentBlockTTL   time.Duration
 }
 
 // Defaults for Config.
@@ -60,6 +67,8 @@ const (
 	DefaultMissFetchBurst     = 128
 	DefaultPeerBufferBytes    = 16 << 20
 	DefaultExhaustedTTL       = 2 * time.Minute
+	DefaultRecentBlockBytes   = 32 << 20
+	DefaultRecentBlockTTL     = 10 * time.Second
 )
 
 func (c *Config) fill() {
@@ -75,6 +84,12 @@ func (c *Config) fill() {
 	orDefault(&c.PeerBufferBytes, DefaultPeerBufferBytes)
 	orDefault(&c.CheckInterval, 100*time.Millisecond)
 	orDefault(&c.ExhaustedTTL, DefaultExhaustedTTL)
+	orDefault(&c.RecentBlockTTL, DefaultRecentBlockTTL)
+	if c.RecentBlockBytes < 0 {
+		c.RecentBlockBytes = 0
+	} else if c.RecentBlockBytes == 0 {
+		c.RecentBlockBytes = DefaultRecentBlockBytes
+	}
 	if c.MaxHaveBlockSize < 0 {
 		c.MaxHaveBlockSize = 0
 	} else if c.MaxHaveBlockSize == 0 {

@@ -66,6 +66,7 @@ type core struct {
 	// expiring holds the exhausted wants, oldest first (see ExhaustedTTL).
 	expiring *list.List
 	hints    hintCache // which node last said HAVE for a CID
+	recent   recentBlocks
 	fetchSeq uint64
 	// picking and skip serve pick (core_nodes.go).
 	picking pickArgs
@@ -81,6 +82,7 @@ func newCore(cfg Config, fx effects, down fleet, counters *Counters) *core {
 		nodes:    make(map[peer.ID]*node),
 		expiring: list.New(),
 		hints:    newHintCache(4096),
+		recent:   newRecentBlocks(cfg.RecentBlockBytes, cfg.RecentBlockTTL),
 	}
 	k.skip = k.skipPicked
 	return k
@@ -140,12 +142,14 @@ func (k *core) closeAll() map[peer.ID][]cid.Cid {
 	k.peers = make(map[peer.ID]*upstream)
 	k.queue.reset()
 	k.expiring.Init()
+	k.recent.reset()
 	return byNode
 }
 
 // stats fills in the core's part of Stats.
 func (k *core) stats(s *Stats) {
 	s.Wants, s.Refused, s.Peers, s.Queued = len(k.wants), k.expiring.Len(), len(k.peers), k.queue.Len()
+	s.RecentBlocks = k.recent.len()
 	s.Outstanding = make(map[peer.ID]int, len(k.nodes))
 	for id, n := range k.nodes {
 		s.Outstanding[id] = n.outstanding
@@ -338,6 +342,9 @@ func (k *core) addWanter(p peer.ID, u *upstream, e bsmsg.Entry) {
 
 	w := k.wants[e.Cid]
 	if w == nil {
+		if k.fromRecent(p, u, e.Cid, wr) {
+			return
+		}
 		w = &want{c: e.Cid, wanters: map[peer.ID]wanter{p: wr}, qi: -1}
 		k.wants[e.Cid] = w
 		if k.queue.Len() > 0 {
@@ -367,6 +374,31 @@ func (k *core) addWanter(p peer.ID, u *upstream, e bsmsg.Entry) {
 		k.fx.want(w.node, w.c, w.sentType, w.prio)
 		k.counters.WantsForwarded.Add(1)
 	}
+}
+
+// fromRecent answers p's new want for c from the blocks relayed lately,
+// and reports whether it did (see recentBlocks). A peer whose outbox is
+// full has the want set aside, as deliverBlock does.
+func (k *core) fromRecent(p peer.ID, u *upstream, c cid.Cid, wr wanter) bool {
+	b, ok := k.recent.get(c, k.now)
+	if !ok {
+		return false
+	}
+	k.counters.RecentHits.Add(1)
+	if wr.wantType == pb.Message_Wantlist_Block || len(b.RawData()) <= k.cfg.MaxHaveBlockSize {
+		if k.fx.backlogged(p) {
+			u.deferred[c] = wr
+			k.counters.Deferred.Add(1)
+			return true
+		}
+		k.fx.block(p, b)
+	} else {
+		k.fx.presence(p, c, pb.Message_Have)
+		k.counters.HavesOut.Add(1)
+	}
+	delete(u.wants, c)
+	delete(u.exhausted, c)
+	return true
 }
 
 // newRound forgets which nodes said DONT_HAVE and tries again.

@@ -422,6 +422,7 @@ func (k *core) fromNode(from peer.ID, bs []blocks.Block, haves, dontHaves []cid.
 }
 
 func (k *core) deliverBlock(w *want, b blocks.Block, from peer.ID) {
+	k.recent.put(b, k.now)
 	small := len(b.RawData()) <= k.cfg.MaxHaveBlockSize
 	for p, wr := range w.wanters {
 		u := k.peers[p]
@@ -549,6 +550,7 @@ func (k *core) nodeDown(id peer.ID, connected bool, now time.Time) {
 func (k *core) tick(now time.Time) {
 	k.now = now
 	k.expire(now)
+	k.recent.expire(now)
 	for id, n := range k.nodes {
 		if n.outstanding == 0 {
 			continue

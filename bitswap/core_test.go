@@ -399,6 +399,11 @@ func (m *model) step() {
 		var es []bsmsg.Entry
 		for range 1 + m.rng.IntN(3) {
 			c := m.randomCid()
+			if slices.ContainsFunc(es, func(e bsmsg.Entry) bool { return e.Cid == c }) {
+				// A message holds one entry per CID: bsmsg keeps its
+				// wantlist in a map, and merges repeats when parsing.
+				continue
+			}
 			t := pb.Message_Wantlist_Have
 			if m.rng.IntN(2) == 0 {
 				t = pb.Message_Wantlist_Block

@@ -32,6 +32,8 @@ type Counters struct {
 	// Wants Kitsune answers itself, never forwarded (local.go).
 	RefusedWants atomic.Uint64 // CIDs longer than a Kubo node accepts
 	InlineBlocks atomic.Uint64 // identity CIDs answered from the CID
+	// Wants answered from the blocks relayed lately (recent.go).
+	RecentHits atomic.Uint64
 }
 
 // Stats is a snapshot of the relay's tables, for tests and status.
@@ -41,6 +43,8 @@ type Stats struct {
 	Peers       int
 	Queued      int
 	Outstanding map[peer.ID]int
+	// RecentBlocks are the blocks kept after they were relayed.
+	RecentBlocks int
 	// Reverse sessions: open sessions, CIDs they authorise, and wants
 	// from the fleet waiting on upstream peers.
 	Sessions     int

@@ -32,6 +32,7 @@ var (
 	descFailovers    = desc("kitsune_relay_failovers_total", "Wants moved to another downstream node (DONT_HAVE, node lost or ejected, silence).")
 	descTimeouts     = desc("kitsune_relay_timeouts_total", "Wants moved off a downstream node that stayed silent.")
 	descDeferred     = desc("kitsune_relay_deferred_blocks_total", "Blocks set aside for an upstream peer whose reply queue was full (it reads slower than the fleet delivers); they are fetched again once it catches up.")
+	descRecentHits   = desc("kitsune_relay_recent_hits_total", "Wants answered from the blocks relayed in the last seconds (a flash crowd on the same content), without asking the fleet again.")
 	descUnsolicited  = desc("kitsune_relay_unsolicited_blocks_total", "Blocks from downstream nodes that nobody wanted any more.")
 	descDroppedMsgs  = desc("kitsune_relay_dropped_messages_total", "Upstream messages dropped for exceeding --max-message-size.")
 	descDroppedWants = desc("kitsune_relay_dropped_wants_total", "Want entries ignored past --max-wants-per-peer.")
@@ -60,7 +61,7 @@ var pulled = []*prometheus.Desc{
 	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descUnsolicited, descDroppedMsgs,
 	descDroppedWants, descMissFetches, descMissFetched, descRevWants, descRevBlocks, descRevBytes,
 	descNodes, descNodeState, descNodeUp, descInFlight, descLatency, descPing, descSent, descAnswers,
-	descNodeFailures, descEjections, descNodeMisses,
+	descNodeFailures, descEjections, descNodeMisses, descRecentHits,
 }
 
 var states = []downstream.State{downstream.StateHealthy, downstream.StateEjected, downstream.StateUnknown}
@@ -149,6 +150,7 @@ func (c pullCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descTimeouts, rc.Timeouts.Load())
 	counter(descUnsolicited, rc.Unsolicited.Load())
 	counter(descDeferred, rc.Deferred.Load())
+	counter(descRecentHits, rc.RecentHits.Load())
 	counter(descDroppedMsgs, rc.DroppedMessages.Load())
 	counter(descDroppedWants, rc.DroppedWants.Load())
 	counter(descMissFetches, rc.MissFetches.Load())

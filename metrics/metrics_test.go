@@ -130,6 +130,7 @@ func TestPulledMetrics(t *testing.T) {
 
 	r.c.WantsReceived.Add(10)
 	r.c.Deferred.Add(11)
+	r.c.RecentHits.Add(13)
 	r.c.WantsForwarded.Add(9)
 	r.c.BlocksIn.Add(7)
 	r.c.BytesIn.Add(7000)
@@ -159,6 +160,7 @@ func TestPulledMetrics(t *testing.T) {
 	must(t, reg, 2, "kitsune_relay_dont_haves_total", "direction", "out")
 	must(t, reg, 4, "kitsune_relay_failovers_total")
 	must(t, reg, 11, "kitsune_relay_deferred_blocks_total")
+	must(t, reg, 13, "kitsune_relay_recent_hits_total")
 	must(t, reg, 8192, "kitsune_upstream_connections_limit")
 	must(t, reg, 5, "kitsune_relay_reverse_blocks_total")
 	must(t, reg, 12, "kitsune_relay_wants")
