@@ -85,9 +85,9 @@ func (c *Config) fill() {
 	orDefault(&c.CheckInterval, 100*time.Millisecond)
 	orDefault(&c.ExhaustedTTL, DefaultExhaustedTTL)
 	orDefault(&c.RecentBlockTTL, DefaultRecentBlockTTL)
-	if c.RecentBlockBytes < 0 {
-		c.RecentBlockBytes = 0
-	} else if c.RecentBlockBytes == 0 {
+	// Negative stays negative (none): fill runs more than once (New and
+	// newCore), and a 0 would become the default the second time.
+	if c.RecentBlockBytes == 0 {
 		c.RecentBlockBytes = DefaultRecentBlockBytes
 	}
 	if c.MaxHaveBlockSize < 0 {

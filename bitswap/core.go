@@ -82,7 +82,7 @@ func newCore(cfg Config, fx effects, down fleet, counters *Counters) *core {
 		nodes:    make(map[peer.ID]*node),
 		expiring: list.New(),
 		hints:    newHintCache(4096),
-		recent:   newRecentBlocks(cfg.RecentBlockBytes, cfg.RecentBlockTTL),
+		recent:   newRecentBlocks(max(0, cfg.RecentBlockBytes), cfg.RecentBlockTTL),
 	}
 	k.skip = k.skipPicked
 	return k

@@ -118,3 +118,22 @@ func TestCoreRecentBlocksBounded(t *testing.T) {
 		t.Fatalf("%d recent blocks (%d bytes) left after their time", n, kit.k.recent.bytes)
 	}
 }
+
+// RecentBlockBytes < 0 keeps none, even though the config is filled twice
+// (by New and by newCore).
+func TestCoreRecentBlocksOff(t *testing.T) {
+	cfg := Config{RecentBlockBytes: -1}
+	cfg.fill()
+	kit := newCoreKit(t, cfg, testNode(1))
+	b := blockOf(t, "off", 1000)
+	for range 2 {
+		kit.k.fromPeer(testPeer(1), []bsmsg.Entry{entry(b.Cid(), pb.Message_Wantlist_Block, true)}, false, kit.advance(time.Millisecond))
+		if _, open := kit.fx.open[testNode(1)][b.Cid()]; !open {
+			t.Fatal("want not sent to the fleet with recent blocks off")
+		}
+		kit.answerOpen(map[cid.Cid]blocks.Block{b.Cid(): b})
+	}
+	if n := kit.k.recent.len(); n != 0 {
+		t.Fatalf("%d recent blocks kept with RecentBlockBytes -1", n)
+	}
+}

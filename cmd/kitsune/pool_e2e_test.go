@@ -242,7 +242,8 @@ func TestAffinityKeepsBlocksOnTheirNode(t *testing.T) {
 	cids := putBlocks(t, ctx, raw, nodes...)
 	// Affinity is the default policy. A loose load bound keeps this test
 	// about placement: the bound itself is tested in the downstream package.
-	k := startKitsune(t, nodes, func(r *runCmd) { r.AffinityEpsilon = 10 })
+	// No recent blocks: each run must ask the fleet for all 200 again.
+	k := startKitsune(t, nodes, func(r *runCmd) { r.AffinityEpsilon = 10; r.RecentBlockBytes = 0 })
 
 	run := func() map[peer.ID]uint64 {
 		client := kubotest.Start(t, kubotest.Options{})

@@ -54,6 +54,7 @@ func (c *runCmd) config() (config, error) {
 			MaxWantsPerPeer:    c.MaxWantsPerPeer,
 			MaxInFlightPerNode: c.MaxInflightPerNode,
 			MaxMessageSize:     c.MaxMessageSize,
+			RecentBlockBytes:   c.RecentBlockBytes,
 		},
 	}
 	for _, d := range c.Downstream {
@@ -133,6 +134,12 @@ func (c *runCmd) config() (config, error) {
 		if v.n <= 0 {
 			return config{}, fmt.Errorf("%s must be positive, got %d", v.name, v.n)
 		}
+	}
+	switch {
+	case c.RecentBlockBytes < 0:
+		return config{}, fmt.Errorf("--recent-block-bytes must not be negative, got %d", c.RecentBlockBytes)
+	case c.RecentBlockBytes == 0:
+		cfg.Relay.RecentBlockBytes = -1 // bitswap.Config: none
 	}
 	return cfg, nil
 }

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/kitsune-lb/kitsune/bitswap"
+)
+
+// --recent-block-bytes reaches the relay: the default as given, 0 as
+// "none" (the relay's own 0 would mean its default), a negative refused.
+func TestRecentBlockBytesFlag(t *testing.T) {
+	for _, tc := range []struct {
+		set  int
+		want int
+		err  string
+	}{
+		{set: 33554432, want: 33554432},
+		{set: 1 << 20, want: 1 << 20},
+		{set: 0, want: -1},
+		{set: -5, err: "--recent-block-bytes"},
+	} {
+		c := defaultRunCmd(t)
+		if c.RecentBlockBytes != bitswap.DefaultRecentBlockBytes {
+			t.Fatalf("flag default %d, relay default %d", c.RecentBlockBytes, bitswap.DefaultRecentBlockBytes)
+		}
+		c.Downstream = []string{"/ip4/127.0.0.1/tcp/5001"}
+		c.RecentBlockBytes = tc.set
+		cfg, err := c.config()
+		switch {
+		case tc.err != "":
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%d: error %v, want one naming %s", tc.set, err, tc.err)
+			}
+		case err != nil:
+			t.Errorf("%d: %v", tc.set, err)
+		case cfg.Relay.RecentBlockBytes != tc.want:
+			t.Errorf("%d: relay gets %d, want %d", tc.set, cfg.Relay.RecentBlockBytes, tc.want)
+		}
+	}
+}
