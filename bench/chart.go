@@ -20,11 +20,11 @@ var chartGroups = []struct {
 	label    string
 	target   float64 // the floor for kitsune, 0 for none
 }{
-	{1, "throughput", "1: throughput", 0.90},
+	{1, "throughput", "1: throughput", 0.70},
 	{2, "p50_speed", "2: p50 latency", 0},
 	{2, "p99_speed", "2: p99 latency", 0},
 	{3, "aggregate", "3: aggregate", 0.80},
-	{5, "throughput", "5: WAN throughput", 0.90},
+	{5, "throughput", "5: WAN throughput", 0.95},
 	{6, "aggregate", "6: hot content", 1.5},
 }
 

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -127,13 +128,22 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 	}
 	sr.targets = func(sr *ScenarioResult) []Target {
 		thr := sr.vsDirect(pathKitsune, "throughput")
-		t1 := Target{What: "kitsune/direct throughput", Want: "≥ 0.90", Measured: rangeText(thr, "%.2f"), Value: thr.Median, Met: thr.Median >= 0.90}
+		// Issue 15's targets for this machine, where client, node and
+		// proxy share two cores.
+		t1 := Target{What: "kitsune/direct throughput", Want: "≥ 0.70", Measured: rangeText(thr, "%.2f"), Value: thr.Median, Met: thr.Median >= 0.70}
 		kt, ft := sr.metric(pathKitsune, "seconds"), sr.metric(pathKuboFront, "seconds")
 		t2 := Target{What: "kitsune faster than kubo-front", Want: "kitsune time < kubo-front time",
 			Measured: fmt.Sprintf("%.2f s vs %.2f s", kt.Median, ft.Median), Value: ft.Median / kt.Median, Met: kt.Median < ft.Median}
 		ko, fo := sr.vsDirect(pathKitsune, "overhead"), sr.vsDirect(pathFloor, "overhead")
-		t3 := overheadTarget("time overhead over direct", pctStat(ko), pctStat(fo), "%", "%+.0f")
-		return []Target{t1, t2, t3}
+		t3 := overheadTarget("time overhead over direct", pctStat(ko), pctStat(fo), "%", "%+.0f", 1.2)
+		kc, fc := sr.metric(pathKitsune, "proxy_cpu_s_per_gib"), sr.metric(pathFloor, "proxy_cpu_s_per_gib")
+		t4 := Target{What: "proxy CPU per GiB", Want: "≤ 1.3 × floor's", Measured: "not measured", Value: math.NaN()}
+		if finite(kc.Median) && finite(fc.Median) && fc.Median > 0 {
+			t4.Value = kc.Median / fc.Median
+			t4.Measured = fmt.Sprintf("kitsune %.1f s, floor %.1f s (%.2f×)", kc.Median, fc.Median, t4.Value)
+			t4.Met = t4.Value <= 1.3
+		}
+		return []Target{t1, t4, t2, t3}
 	}
 
 	data := randomBytes(cfg.FileSize)
@@ -179,6 +189,9 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 				}
 				after, ok2 := e.proxyUsage(p, srv)
 				usageMetrics(m, p, before, after, ok && ok2, srv != nil)
+				if cpu, ok := m["proxy_cpu_s"]; ok {
+					m["proxy_cpu_s_per_gib"] = cpu / (float64(cfg.FileSize) / gib)
+				}
 				e.noteTransport(ctx, sr, p, srv)
 				sum, n, err := c.fileHash(ctx, root)
 				if err != nil {
@@ -261,7 +274,7 @@ func (e *env) scenario2() (*ScenarioResult, error) {
 		return []Target{
 			{What: "added latency over direct, p50", Want: "≤ 1 ms", Measured: rangeText(a50, "%+.2f ms"), Value: a50.Median, Met: a50.Median <= 1},
 			{What: "added latency over direct, p99", Want: "≤ 5 ms", Measured: rangeText(a99, "%+.2f ms"), Value: a99.Median, Met: a99.Median <= 5},
-			overheadTarget("added p50 latency over direct", a50, f50, " ms", "%+.2f"),
+			overheadTarget("added p50 latency over direct", a50, f50, " ms", "%+.2f", 1.1),
 		}
 	}
 	all, err := e.putBlocks(cfg.Blocks+cfg.AppBlocks, cfg.BlockSize)
@@ -397,7 +410,7 @@ func (e *env) scenario3() (*ScenarioResult, error) {
 			{What: "kitsune/direct aggregate throughput", Want: "≥ 0.80", Measured: rangeText(agg, "%.2f"), Value: agg.Median, Met: agg.Median >= 0.80},
 			{What: "failed fetches through kitsune", Want: "0", Measured: fmt.Sprintf("%.0f in %d runs (%d runs failed)", fails, sr.Runs, failedRuns), Value: fails, Met: fails == 0 && failedRuns == 0 && kp != nil},
 			{What: "kitsune peak RSS", Want: "≤ 256 MiB", Measured: rangeText(rss, "%.0f MiB"), Value: rss.Max, Met: rss.Max <= 256},
-			overheadTarget("time overhead over direct", pctStat(ko), pctStat(fo), "%", "%+.0f"),
+			overheadTarget("time overhead over direct", pctStat(ko), pctStat(fo), "%", "%+.0f", 1.2),
 		}
 	}
 

@@ -77,7 +77,7 @@ func (e *env) scenario5() (*ScenarioResult, error) {
 	}
 	sr.targets = func(sr *ScenarioResult) []Target {
 		thr := sr.vsDirect(pathKitsune, "throughput")
-		return []Target{{What: "kitsune/direct throughput across the WAN link", Want: "≥ 0.90", Measured: rangeText(thr, "%.2f"), Value: thr.Median, Met: thr.Median >= 0.90}}
+		return []Target{{What: "kitsune/direct throughput across the WAN link", Want: "≥ 0.95", Measured: rangeText(thr, "%.2f"), Value: thr.Median, Met: thr.Median >= 0.95}}
 	}
 
 	o := e.newWANWorld()
