@@ -13,6 +13,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/routing"
+	"go.uber.org/zap"
 )
 
 // RoutingLocator maps a fleet node's RPC API URL to the base URL of its
@@ -37,13 +38,20 @@ type FleetConfig struct {
 	// Transport makes the calls; http.DefaultTransport when nil. The
 	// request's context (boxo's routing timeout) bounds each.
 	Transport http.RoundTripper
+	// Log hears why the nodes failed; the caller only learns that they
+	// did, never the fleet's internal addresses. zap.NewNop when nil.
+	Log *zap.Logger
 }
 
 // maxFleetAnswer bounds what is read of one node's answer.
 const maxFleetAnswer = 1 << 20
 
-// ErrNoFleetNode means no fleet node could be asked.
-var ErrNoFleetNode = errors.New("no fleet node available to answer routing queries")
+// ErrNoFleetNode means no fleet node could be asked; ErrFleetFailed that
+// every node asked failed.
+var (
+	ErrNoFleetNode = errors.New("no fleet node available to answer routing queries")
+	ErrFleetFailed = errors.New("no fleet node could answer")
+)
 
 // Fleet answers the routing queries Kitsune cannot answer from its own
 // knowledge (other peers' records, IPNS, closest peers) by asking a fleet
@@ -66,6 +74,9 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 	if cfg.MaxRecords <= 0 {
 		cfg.MaxRecords = 256
 	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
 	if cfg.Transport == nil {
 		cfg.Transport = http.DefaultTransport
 	}
@@ -78,7 +89,8 @@ func NewFleet(cfg FleetConfig) (*Fleet, error) {
 
 // each calls try with a client for each candidate node for key in turn,
 // until one succeeds or says routing.ErrNotFound (an answer, not a
-// failure). The errors of every node tried are joined.
+// failure). When all fail, their errors are logged and the caller gets
+// ErrFleetFailed: the details name internal addresses.
 func (f *Fleet) each(ctx context.Context, key cid.Cid, try func(*client.Client) error) error {
 	nodes := f.cfg.Locator.Candidates(key)
 	if len(nodes) > f.cfg.MaxNodes {
@@ -111,7 +123,11 @@ func (f *Fleet) each(ctx context.Context, key cid.Cid, try func(*client.Client) 
 	if err := ctx.Err(); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	f.cfg.Log.Warn("routing query: no fleet node answered", zap.Stringer("key", key), zap.Error(errors.Join(errs...)))
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrFleetFailed, err)
+	}
+	return fmt.Errorf("%w (%d tried)", ErrFleetFailed, len(errs))
 }
 
 // readPeers drains it into a slice of at most max records, so a failure

@@ -322,8 +322,12 @@ func TestFleetAllNodesDown(t *testing.T) {
 	name, _, _ := newIPNS(t, "a")
 	_, err = c.GetIPNS(context.Background(), name)
 	var he *client.HTTPError
-	if !errors.As(err, &he) || he.StatusCode != 500 {
-		t.Fatalf("GET with every node down: %v, want a 500", err)
+	if !errors.As(err, &he) || he.StatusCode != 500 || !strings.Contains(he.Body, "no fleet node could answer (2 tried)") {
+		t.Fatalf("GET with every node down: %v, want a 500 saying no node could answer", err)
+	}
+	// The fleet's addresses stay inside.
+	if strings.Contains(he.Body, "127.0.0.1") || strings.Contains(he.Body, "node broken") {
+		t.Fatalf("the answer names the fleet's internals: %q", he.Body)
 	}
 }
 

@@ -99,6 +99,7 @@ func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, relay gat
 		Locator:  poolLocator{pool},
 		Routing:  &httpfront.KuboRouting{},
 		MaxNodes: maxCheckedNodes,
+		Log:      log,
 	})
 	if err != nil {
 		return nil, err
