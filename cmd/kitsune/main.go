@@ -53,6 +53,7 @@ type runCmd struct {
 	drainFlags   `embed:"" group:"admin"`
 
 	proxyProtoFlags `embed:"" group:"front"`
+	backKeyFlags    `embed:"" group:"front"`
 
 	LogLevel string `group:"admin" env:"KITSUNE_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level (debug, info, warn, error)."`
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -29,6 +31,7 @@ import (
 	manet "github.com/multiformats/go-multiaddr/net"
 	proxyproto "github.com/pires/go-proxyproto"
 
+	"github.com/kitsune-lb/kitsune/internal/heliatest"
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
 	"github.com/kitsune-lb/kitsune/internal/netns"
 	"github.com/kitsune-lb/kitsune/proxy"
@@ -46,6 +49,7 @@ type replicaWorld struct {
 	lb, srv, cli *netns.NS
 	fleet        []*kubotest.Node
 	key          string
+	backKeys     [2]string // one per replica: the fleet must tell them apart
 	id           peer.ID
 	replicas     [2]*nsKitsune
 	extra        []string // more replica flags
@@ -58,10 +62,11 @@ const (
 	replicaHost   = "203.0.113.2"
 	lbTCPPort     = 4001
 	lbWSPort      = 4002
+	lbPreloadPort = 5001
 )
 
-// The listen ports of replica i: libp2p TCP, WebSocket, admin.
-func replicaPorts(i int) (tcp, ws, admin int) { return 4011 + i, 4021 + i, 5081 + i }
+// The listen ports of replica i: libp2p TCP, WebSocket, admin, preload.
+func replicaPorts(i int) (tcp, ws, admin, preload int) { return 4011 + i, 4021 + i, 5081 + i, 5011 + i }
 
 // replicaOpts adjust a replicaWorld.
 type replicaOpts struct {
@@ -103,6 +108,7 @@ func newReplicaWorld(t *testing.T, bin string, o replicaOpts) *replicaWorld {
 		t.Fatal(err)
 	}
 	for i := range rw.replicas {
+		rw.backKeys[i] = filepath.Join(filepath.Dir(rw.key), fmt.Sprintf("back-%d.key", i+1))
 		rw.start(t, i)
 	}
 	rw.haproxy = startHAProxy(t, rw.lb, o.SendProxy)
@@ -114,14 +120,16 @@ func newReplicaWorld(t *testing.T, bin string, o replicaOpts) *replicaWorld {
 // start runs replica i (again, after a kill or a drain) with the shared key.
 func (rw *replicaWorld) start(t *testing.T, i int) {
 	t.Helper()
-	tcp, ws, admin := replicaPorts(i)
+	tcp, ws, admin, preload := replicaPorts(i)
 	args := []string{
 		"-w", fmt.Sprintf("/ip4/%s/tcp/%d", replicaHost, ws),
+		"-p", fmt.Sprintf("%s:%d", replicaHost, preload), "--preload-trusted-proxies", lbReplicaSide,
 		// Replicas announce the balancer's addresses, not their own:
 		// clients keep the newest signed peer record, so every replica
 		// must announce the same ones.
 		"--announce", fmt.Sprintf("/ip4/%s/tcp/%d,/ip4/%s/tcp/%d/ws", lbClientSide, lbTCPPort, lbClientSide, lbWSPort),
 		"--drain-timeout", "60s",
+		"--back-key", rw.backKeys[i],
 	}
 	args = append(args, rw.extra...)
 	rw.replicas[i] = startKitsuneInWith(t, rw.bin, rw.srv, rw.fleet,
@@ -138,6 +146,13 @@ type replicaStatus struct {
 		Wants     int    `json:"wants"`
 		BlocksOut uint64 `json:"blocks_out"`
 	} `json:"relay"`
+	Preload struct {
+		Recent []struct {
+			Root    string `json:"root"`
+			Client  string `json:"client"`
+			Outcome string `json:"outcome"`
+		} `json:"recent"`
+	} `json:"preload"`
 }
 
 func (rw *replicaWorld) status(ctx context.Context, i int) (replicaStatus, error) {
@@ -345,13 +360,16 @@ func haproxyConfig(t *testing.T, deployed, sock string, sendProxy bool) string {
 			}
 			i := servers[section]
 			servers[section]++
-			tcp, ws, admin := replicaPorts(i)
+			tcp, ws, admin, preload := replicaPorts(i)
 			target := tcp
-			if port == fmt.Sprint(lbWSPort) {
+			switch port {
+			case fmt.Sprint(lbWSPort):
 				target = ws
+			case fmt.Sprint(lbPreloadPort):
+				target = preload
 			}
 			s := fmt.Sprintf("    server %s %s:%d port %d", f[1], replicaHost, target, admin)
-			if sendProxy {
+			if sendProxy && section != "backend kitsune_preload" {
 				s += " send-proxy-v2"
 			}
 			out = append(out, s)
@@ -359,7 +377,7 @@ func haproxyConfig(t *testing.T, deployed, sock string, sendProxy bool) string {
 			out = append(out, line)
 		}
 	}
-	if binds != 2 || servers["backend kitsune_tcp"] != 2 || servers["backend kitsune_ws"] != 2 {
+	if binds != 3 || servers["backend kitsune_tcp"] != 2 || servers["backend kitsune_ws"] != 2 || servers["backend kitsune_preload"] != 2 {
 		t.Fatalf("deploy/haproxy/haproxy.cfg changed shape: %d binds, servers %v; update haproxyConfig", binds, servers)
 	}
 	return strings.Join(out, "\n")
@@ -667,7 +685,7 @@ func TestReplicasProxyProtocol(t *testing.T) {
 		t.Fatal("a third connection from 198.51.100.2 was admitted with --max-conns-per-ip 2")
 	}
 
-	tcp0, _, _ := replicaPorts(0)
+	tcp0, _, _, _ := replicaPorts(0)
 	direct := fmt.Sprintf("/ip4/%s/tcp/%d", replicaHost, tcp0)
 	seen, err := rw.connectObserved(t, rw.libp2pClient(t, "198.51.100.5", ""), direct)
 	if err != nil {
@@ -679,4 +697,169 @@ func TestReplicasProxyProtocol(t *testing.T) {
 	if seen, err := rw.connectObserved(t, rw.libp2pClient(t, "198.51.100.5", "192.0.2.99:4444"), direct); err == nil {
 		t.Fatalf("a PROXY header from 198.51.100.5, not a listed balancer, was accepted (seen at %s)", seen)
 	}
+}
+
+// killCarrierAfter kills (SIGKILL) whichever replica has served at least
+// blocks blocks since the call, polling every 50 ms, and reports which
+// one and when on the returned channel (closed without a value if ctx
+// ends first).
+func (rw *replicaWorld) killCarrierAfter(ctx context.Context, blocks uint64) <-chan int {
+	base := make([]uint64, len(rw.replicas))
+	for i := range rw.replicas {
+		if st, err := rw.status(ctx, i); err == nil {
+			base[i] = st.Relay.BlocksOut
+		}
+	}
+	out := make(chan int, 1)
+	go func() {
+		defer close(out)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			for i := range rw.replicas {
+				st, err := rw.status(ctx, i)
+				if err == nil && st.Relay.BlocksOut >= base[i]+blocks {
+					rw.replicas[i].Proc.Kill()
+					out <- i
+					return
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// A Helia client (Node, js-libp2p) fetching over WebSocket through the
+// balancer; the replica carrying it is killed mid-transfer. Helia does not
+// redial by itself, so the application retries once, with a new node,
+// through the same balancer address: it lands on the other replica and
+// gets every byte.
+func TestReplicasHeliaRetry(t *testing.T) {
+	bin := buildBinary(t)
+	rw := newReplicaWorld(t, bin, replicaOpts{Clients: 1})
+	const size = 64 << 20
+	data := randomBytes(t, size)
+	root := rw.add(t, data)
+	sum := sha256.Sum256(data)
+	addr := fmt.Sprintf("/ip4/%s/tcp/%d/ws/p2p/%s", lbClientSide, lbWSPort, rw.id)
+	ctx := testCtx(t, 4*time.Minute)
+
+	killCtx, stopKiller := context.WithCancel(ctx)
+	killed := rw.killCarrierAfter(killCtx, 32)
+	// The application's own bound on one attempt: Helia waits for a
+	// provider that will not come back.
+	first, err := heliatest.Fetch(ctx, t, addr, root.String(), heliatest.WithWrap(rw.cli.Wrap), heliatest.WithTimeout(30*time.Second))
+	stopKiller()
+	victim, ok := <-killed
+	if !ok {
+		t.Fatalf("no replica was killed during the first attempt (it ended with %v after %v)", err, first.Wall)
+	}
+	if err == nil {
+		// Helia finished on its own: fine, if every byte is right.
+		if first.SHA256 != hex.EncodeToString(sum[:]) {
+			t.Fatalf("the first attempt finished across the kill with sha256 %s, want %x", first.SHA256, sum)
+		}
+		t.Logf("replica %d killed mid-transfer; Helia finished without a retry in %v", victim+1, first.Wall)
+		return
+	}
+	t.Logf("replica %d killed mid-transfer; first attempt failed after %v: %s", victim+1, first.Wall.Round(time.Millisecond), firstLine(first.Error))
+	rw.waitBalancer(t, victim, false)
+	before, err := rw.status(ctx, 1-victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := heliatest.Fetch(ctx, t, addr, root.String(), heliatest.WithWrap(rw.cli.Wrap), heliatest.WithTimeout(60*time.Second))
+	if err != nil {
+		t.Fatalf("the retry through the balancer: %v", err)
+	}
+	if second.Bytes != size || second.SHA256 != hex.EncodeToString(sum[:]) {
+		t.Fatalf("the retry got %d bytes (sha256 %s), want %d (%x)", second.Bytes, second.SHA256, size, sum)
+	}
+	after, err := rw.status(ctx, 1-victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if served := after.Relay.BlocksOut - before.Relay.BlocksOut; served < size/(256<<10) {
+		t.Fatalf("the other replica served %d blocks during the retry, fewer than the file's", served)
+	}
+	t.Logf("the retry got %d MiB through the other replica in %v (Helia's own time %v ms)", size>>20, second.Wall.Round(time.Millisecond), second.MS)
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+// The js-ipfs preload flow across replicas: a Kubo client holding a new
+// DAG is connected through the balancer to one replica, and its refs call
+// goes through the balancer's HTTP preload port. The deployed config
+// sends both to one replica (source-IP stickiness, one stick table for
+// every backend); with PROXY protocol on the libp2p side and
+// X-Forwarded-For on the preload side that replica sees one client
+// address for both, its reverse session finds the caller, and the fleet
+// ends up holding the whole DAG.
+func TestReplicasPreloadSticky(t *testing.T) {
+	bin := buildBinary(t)
+	rw := newReplicaWorld(t, bin, replicaOpts{SendProxy: true, Clients: 1,
+		Extra: []string{"--proxy-protocol-from", lbReplicaSide, "--preload-grace", "500ms"}})
+	origin := rw.peeredClient(t)
+	ctx := testCtx(t, 3*time.Minute)
+	carrier := rw.carrier(t, ctx)
+	tree := smallFiles(t, 20)
+	tree["big.bin"] = randomBytes(t, 2<<20)
+	root, err := origin.AddDir(ctx, tree)
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := fmt.Sprintf("http://%s:%d/api/v0/refs?r=true&arg=%s", lbClientSide, lbPreloadPort, root)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := rw.cli.HTTPClient().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		t.Fatalf("preload refs through the balancer: %d %s", resp.StatusCode, body)
+	}
+	refs := preloadRefs(t, resp)
+	resp.Body.Close()
+	if len(refs) < len(tree) {
+		t.Fatalf("preload listed %d refs for %d files", len(refs), len(tree))
+	}
+	var holder *kubotest.Node
+	for _, n := range rw.fleet {
+		if ok, err := n.HasBlock(ctx, root); err == nil && ok {
+			holder = n
+		}
+	}
+	if holder == nil {
+		t.Fatal("no fleet node holds the preloaded root: the reverse session did not find the caller")
+	}
+	holdsAll(t, holder, refs)
+	st, err := rw.status(ctx, carrier)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, c := range st.Preload.Recent {
+		if c.Root == root.String() {
+			found = true
+			if c.Client != "198.51.100.2" {
+				t.Errorf("replica %d saw the preload caller at %q, want 198.51.100.2 (X-Forwarded-For)", carrier+1, c.Client)
+			}
+		}
+	}
+	if !found {
+		t.Fatalf("the preload call did not reach replica %d, which holds the caller's connection", carrier+1)
+	}
+	t.Logf("preload through the balancer: replica %d took the call and pulled %d refs from the caller's connection", carrier+1, len(refs))
 }

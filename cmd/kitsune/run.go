@@ -28,28 +28,30 @@ import (
 
 // config is the validated form of the command line.
 type config struct {
-	Downstream []string
-	Listen     []ma.Multiaddr
-	KeyFile    string
-	Relay      bitswap.Config
-	Pool       poolConfig
-	Preload    preloadConfig
-	HTTP       httpConfig
-	Front      frontSettings
-	Admin      adminConfig
-	MDNS       bool
-	GeoIP      *geoip.DB
-	DHT        *proxy.PrivateDHTConfig
-	Provide    *provideConfig
-	NoGreet    bool
-	Drain      drainPolicy
+	Downstream  []string
+	Listen      []ma.Multiaddr
+	KeyFile     string
+	BackKeyFile string
+	Relay       bitswap.Config
+	Pool        poolConfig
+	Preload     preloadConfig
+	HTTP        httpConfig
+	Front       frontSettings
+	Admin       adminConfig
+	MDNS        bool
+	GeoIP       *geoip.DB
+	DHT         *proxy.PrivateDHTConfig
+	Provide     *provideConfig
+	NoGreet     bool
+	Drain       drainPolicy
 }
 
 func (c *runCmd) config() (config, error) {
 	cfg := config{
-		KeyFile: c.Key,
-		MDNS:    c.MDNS,
-		NoGreet: c.NoGreet,
+		KeyFile:     c.Key,
+		BackKeyFile: c.backKeyFlags.path(c.Key),
+		MDNS:        c.MDNS,
+		NoGreet:     c.NoGreet,
 		Relay: bitswap.Config{
 			MaxWantsPerPeer:    c.MaxWantsPerPeer,
 			MaxInFlightPerNode: c.MaxInflightPerNode,
@@ -191,7 +193,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	if created {
 		log.Info("created key file", zap.String("path", cfg.KeyFile))
 	}
-	backKey, _, err := proxy.LoadOrCreateKey(proxy.BackKeyPath(cfg.KeyFile))
+	backKey, _, err := proxy.LoadOrCreateKey(cfg.BackKeyFile)
 	if err != nil {
 		return nil, err
 	}
