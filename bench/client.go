@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	bsclient "github.com/ipfs/boxo/bitswap/client"
 	"github.com/ipfs/boxo/bitswap/network/bsnet"
@@ -77,6 +78,33 @@ func (c *client) connect(ctx context.Context, ai peer.AddrInfo) error {
 		return fmt.Errorf("connecting to %s: %w", ai.ID, err)
 	}
 	return nil
+}
+
+// connectedClients makes n clients and connects client i to target(i),
+// 16 at a time. The clients made are returned even on an error: close
+// them with closeClients.
+func connectedClients(ctx context.Context, n int, target func(i int) peer.AddrInfo) ([]*client, error) {
+	clients := make([]*client, n)
+	for i := range clients {
+		c, err := newClient(ctx)
+		if err != nil {
+			return clients, err
+		}
+		clients[i] = c
+	}
+	return clients, parallel(ctx, len(clients), 16, func(ctx context.Context, i int) error {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		return clients[i].connect(cctx, target(i))
+	})
+}
+
+func closeClients(clients []*client) {
+	for _, c := range clients {
+		if c != nil {
+			c.close()
+		}
+	}
 }
 
 func (c *client) close() {

@@ -72,24 +72,9 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 				if err != nil {
 					return nil, err
 				}
-				clients := make([]*client, cfg.Clients)
-				defer func() {
-					for _, c := range clients {
-						if c != nil {
-							c.close()
-						}
-					}
-				}()
-				for i := range clients {
-					if clients[i], err = newClient(ctx); err != nil {
-						return nil, err
-					}
-				}
-				if err := parallel(ctx, len(clients), 16, func(ctx context.Context, i int) error {
-					cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-					defer cancel()
-					return clients[i].connect(cctx, target(i))
-				}); err != nil {
+				clients, err := connectedClients(ctx, cfg.Clients, target)
+				defer closeClients(clients)
+				if err != nil {
 					return nil, err
 				}
 				var fleet0 float64

@@ -165,7 +165,8 @@ func tcpInfo(out string) (peer.AddrInfo, bool) {
 // kitsuneFeatures is what the Kitsune binary's --help says it supports:
 // the benchmark runs against whatever build it is given.
 type kitsuneFeatures struct {
-	admin bool // --admin (metrics, /debug/pprof)
+	admin  bool // --admin (metrics, /debug/pprof)
+	recent bool // --recent-block-bytes
 }
 
 func probeKitsune(bin string) (kitsuneFeatures, error) {
@@ -175,7 +176,10 @@ func probeKitsune(bin string) (kitsuneFeatures, error) {
 	if err != nil {
 		return kitsuneFeatures{}, fmt.Errorf("%s --help: %w\n%s", bin, err, out)
 	}
-	return kitsuneFeatures{admin: strings.Contains(string(out), "--admin")}, nil
+	return kitsuneFeatures{
+		admin:  strings.Contains(string(out), "--admin"),
+		recent: strings.Contains(string(out), "--recent-block-bytes"),
+	}, nil
 }
 
 // startKitsune runs the Kitsune binary in front of the nodes' RPC APIs,

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,12 @@ func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
+	}
+	if feat.recent {
+		// The loads fetch the same files again and again: Kitsune would
+		// answer the repeats from its recent blocks instead of relaying
+		// them, and the profile would show a cache, not the relay.
+		cfg.KitsuneFlags = append(slices.Clone(cfg.KitsuneFlags), "--recent-block-bytes=0")
 	}
 	e := &env{tb: tb, cfg: cfg, feat: feat, kuboBin: kubotest.Binary(tb), dir: tb.TempDir()}
 	e.a, e.b = e.startKubo(), e.startKubo()
