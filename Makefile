@@ -17,9 +17,11 @@ JSIPFS_DIR := testdata/jsipfs
 HELIA_BROWSER_DIR := testdata/helia-browser
 HELIA_BROWSER_STAMP := $(HELIA_BROWSER_DIR)/node_modules/.package-lock.json
 JSIPFS_STAMP := $(JSIPFS_DIR)/node_modules/.package-lock.json
+VFETCH_DIR := testdata/verified-fetch
+VFETCH_STAMP := $(VFETCH_DIR)/node_modules/.package-lock.json
 TEST_FLAGS ?= -timeout 40m
 
-.PHONY: all build kubo helia jsipfs helia-browser run test vet fmt-check clean bench fuzz fuzz-short soak docs
+.PHONY: all build kubo helia jsipfs helia-browser verified-fetch run test vet fmt-check clean bench fuzz fuzz-short soak docs
 
 all: build
 
@@ -66,6 +68,15 @@ $(HELIA_BROWSER_STAMP): $(HELIA_BROWSER_DIR)/package.json $(HELIA_BROWSER_DIR)/p
 	npm ci --prefix $(HELIA_BROWSER_DIR) --no-audit --no-fund --ignore-scripts
 	touch $@
 
+# @helia/verified-fetch for the gateway test, pinned by its lock file; it
+# runs on the Node 22 that `make helia` installs. No install scripts: none
+# of what it uses in Node needs one.
+verified-fetch: $(VFETCH_STAMP)
+
+$(VFETCH_STAMP): $(VFETCH_DIR)/package.json $(VFETCH_DIR)/package-lock.json
+	npm ci --prefix $(VFETCH_DIR) --no-audit --no-fund --ignore-scripts
+	touch $@
+
 run: build $(KUBO)
 	./scripts/devfleet.sh $(KITSUNE) $(KUBO)
 
@@ -75,7 +86,7 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-test: kubo helia jsipfs helia-browser fmt-check vet
+test: kubo helia jsipfs helia-browser verified-fetch fmt-check vet
 	@echo "Kubo for the tests: $$($(KUBO) version) ($(KUBO)); compatibility subset: $$($(KUBO_COMPAT) version) ($(KUBO_COMPAT))"
 	KITSUNE_KUBO_BIN=$(KUBO) KITSUNE_KUBO_COMPAT_BIN=$(KUBO_COMPAT) $(GO) test $(TEST_FLAGS) ./...
 	$(MAKE) --no-print-directory fuzz-short

@@ -34,6 +34,9 @@ type Counters struct {
 	InlineBlocks atomic.Uint64 // identity CIDs answered from the CID
 	// Wants answered from the blocks relayed lately (recent.go).
 	RecentHits atomic.Uint64
+	// Local fetches (Fetch, the HTTP gateway's blocks).
+	LocalBlocks atomic.Uint64 // blocks handed to local fetches
+	LocalBytes  atomic.Uint64
 }
 
 // Stats is a snapshot of the relay's tables, for tests and status.

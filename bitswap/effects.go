@@ -24,7 +24,10 @@ func (f shellFx) cancel(node peer.ID, c cid.Cid) {
 
 func (f shellFx) block(to peer.ID, b blocks.Block) {
 	if l := f.r.locals[to]; l != nil {
-		l.block(b)
+		if l.block(b) {
+			f.r.counters.LocalBlocks.Add(1)
+			f.r.counters.LocalBytes.Add(uint64(len(b.RawData())))
+		}
 		return
 	}
 	f.r.outLocked(to).reply.addBlock(f.r.ctx, b)

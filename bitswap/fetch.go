@@ -172,21 +172,24 @@ func (r *Relay) localGone(l *localFetch) {
 // Under the relay's lock, from the effects: a block, a DONT_HAVE, and
 // whether the fetch's reader is behind.
 
-func (l *localFetch) block(b blocks.Block) {
+// block takes a block for the fetch and reports whether it was one it
+// waits for.
+func (l *localFetch) block(b blocks.Block) bool {
 	c := b.Cid()
 	if _, ok := l.pending[c]; !ok || l.ended {
-		return
+		return false
 	}
 	// The core only ever matches a block whose CID was computed from its
 	// bytes (bsmsg does) or an identity block; checked again here, as the
 	// gateway hands these bytes out as what c names.
 	if sum, err := c.Prefix().Sum(b.RawData()); err != nil || !sum.Equals(c) {
-		return
+		return false
 	}
 	delete(l.pending, c)
 	l.queue = append(l.queue, Result{Cid: c, Block: b})
 	l.bytes += len(b.RawData())
 	l.kick()
+	return true
 }
 
 func (l *localFetch) dontHave(c cid.Cid) {

@@ -76,6 +76,9 @@ func TestFetchThroughFleet(t *testing.T) {
 	if r := got[id]; r.Err != nil || string(r.Block.RawData()) != "inline" {
 		t.Errorf("identity CID: %+v", r)
 	}
+	if got := e.relay.Counters().LocalBlocks.Load(); got != uint64(len(bs)+1) {
+		t.Errorf("LocalBlocks=%d, want %d", got, len(bs)+1)
+	}
 	if a.wlog.wanted(bs[0].Cid()) == 0 && b.wlog.wanted(bs[0].Cid()) == 0 {
 		t.Error("no node was asked")
 	}
@@ -289,7 +292,9 @@ func TestLocalFetchVerifiesBlocks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.block(forged)
+	if l.block(forged) {
+		t.Error("forged block taken")
+	}
 	if len(l.queue) != 0 || len(l.pending) != 1 {
 		t.Fatalf("forged block accepted: queue %d pending %d", len(l.queue), len(l.pending))
 	}

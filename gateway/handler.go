@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -18,13 +19,13 @@ import (
 	dssync "github.com/ipfs/go-datastore/sync"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kitsune-lb/kitsune/internal/iplimit"
 	"github.com/kitsune-lb/kitsune/preload"
 )
 
 // Defaults for Config.
 const (
 	DefaultMaxPerIP         = 8
+	DefaultMaxWaitingPerIP  = 256
 	DefaultRetrievalTimeout = 30 * time.Second
 	DefaultMaxDuration      = 10 * time.Minute
 	DefaultMaxResponseBytes = 1 << 30
@@ -35,8 +36,10 @@ type Config struct {
 	// Fetcher is where blocks come from (the relay).
 	Fetcher Fetcher
 	// MaxPerIP bounds concurrent gateway requests per client address (per
-	// /64 for IPv6); more get 429.
-	MaxPerIP int
+	// /64 for IPv6); up to MaxWaitingPerIP more wait for a slot, and more
+	// than that get 429.
+	MaxPerIP        int
+	MaxWaitingPerIP int
 	// RetrievalTimeout bounds the wait for the first byte of a response
 	// and between two writes (boxo's RetrievalTimeout): 504 before the
 	// headers, a cut stream after.
@@ -56,7 +59,7 @@ type Config struct {
 type Handler struct {
 	cfg   Config
 	next  http.Handler
-	limit *iplimit.Limiter
+	limit *queueLimiter
 }
 
 // New checks cfg and builds the handler.
@@ -64,11 +67,14 @@ func New(cfg Config) (*Handler, error) {
 	if cfg.Fetcher == nil {
 		return nil, errors.New("gateway: Config needs a Fetcher")
 	}
-	if cfg.MaxPerIP < 0 || cfg.RetrievalTimeout < 0 || cfg.MaxDuration < 0 || cfg.MaxResponseBytes < 0 {
+	if cfg.MaxPerIP < 0 || cfg.MaxWaitingPerIP < 0 || cfg.RetrievalTimeout < 0 || cfg.MaxDuration < 0 || cfg.MaxResponseBytes < 0 {
 		return nil, errors.New("gateway: limits must not be negative")
 	}
 	if cfg.MaxPerIP == 0 {
 		cfg.MaxPerIP = DefaultMaxPerIP
+	}
+	if cfg.MaxWaitingPerIP == 0 {
+		cfg.MaxWaitingPerIP = DefaultMaxWaitingPerIP
 	}
 	if cfg.RetrievalTimeout == 0 {
 		cfg.RetrievalTimeout = DefaultRetrievalTimeout
@@ -104,7 +110,7 @@ func New(cfg Config) (*Handler, error) {
 	return &Handler{
 		cfg:   cfg,
 		next:  bgw.NewHeaders(nil).ApplyCors().Wrap(h),
-		limit: iplimit.New(cfg.MaxPerIP),
+		limit: newQueueLimiter(cfg.MaxPerIP, cfg.MaxWaitingPerIP),
 	}, nil
 }
 
@@ -132,10 +138,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method not allowed: GET and HEAD only", http.StatusMethodNotAllowed)
 		return
 	}
-	release, ok := h.limit.Acquire(preload.ClientIP(r, h.cfg.TrustedProxies))
-	if !ok {
+	// The wait for a slot counts against the retrieval timeout too.
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.RetrievalTimeout)
+	release, err := h.limit.acquire(ctx, preload.ClientIP(r, h.cfg.TrustedProxies))
+	cancel()
+	switch {
+	case errors.Is(err, errBusy):
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "too many concurrent gateway requests from your address", http.StatusTooManyRequests)
+		return
+	case err != nil:
+		http.Error(w, "timed out waiting for a free slot among your address's requests", http.StatusGatewayTimeout)
 		return
 	}
 	defer release()

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -269,20 +271,31 @@ func mustHash(t *testing.T, s string) []byte {
 	return c.Hash()
 }
 
-// One client gets MaxPerIP requests at once; the next gets 429 until
-// one ends.
+// One client runs MaxPerIP requests at once, MaxWaitingPerIP more wait
+// for a slot (and get one when a request ends), and the next gets 429;
+// the limiter forgets the client once its requests are over.
 func TestPerIPLimit(t *testing.T) {
 	missing := cid.NewCidV1(cid.Raw, mustHash(t, "held up"))
 	f := &mapFetcher{blocks: map[cid.Cid]blocks.Block{}, hang: true}
-	s := newServer(t, f, func(c *Config) { c.MaxPerIP = 2; c.RetrievalTimeout = 3 * time.Second })
+	h, err := New(Config{Fetcher: f, MaxPerIP: 2, MaxWaitingPerIP: 1, RetrievalTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewServer(h)
+	t.Cleanup(s.Close)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
+	first, firstCancel := context.WithCancel(ctx)
 	for i := 0; i < 2; i++ {
+		c := ctx
+		if i == 0 {
+			c = first
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/ipfs/"+missing.String()+"?format=raw", nil)
+			req, _ := http.NewRequestWithContext(c, http.MethodGet, s.URL+"/ipfs/"+missing.String()+"?format=raw", nil)
 			if resp, err := http.DefaultClient.Do(req); err == nil {
 				resp.Body.Close()
 			}
@@ -293,15 +306,68 @@ func TestPerIPLimit(t *testing.T) {
 		defer f.mu.Unlock()
 		return f.running == 2
 	})
+	// The third waits for a slot.
+	waited := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(s.URL + "/ipfs/bafkqaaa?format=raw")
+		if err != nil {
+			waited <- 0
+			return
+		}
+		resp.Body.Close()
+		waited <- resp.StatusCode
+	}()
+	testkit.Eventually(t, 5*time.Second, func() string { return "third request waiting" }, func() bool {
+		h.limit.mu.Lock()
+		defer h.limit.mu.Unlock()
+		for _, c := range h.limit.m {
+			return c.users == 3
+		}
+		return false
+	})
+	// The fourth is refused.
 	resp, body := get(t, http.MethodGet, s.URL+"/ipfs/bafkqaaa?format=raw")
 	if resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
-		t.Errorf("third request: %d %q", resp.StatusCode, body)
+		t.Errorf("fourth request: %d %q", resp.StatusCode, body)
+	}
+	select {
+	case code := <-waited:
+		t.Fatalf("the waiting request ended (%d) with no slot free", code)
+	default:
+	}
+	// One running request ends: the waiting one gets its slot.
+	firstCancel()
+	select {
+	case code := <-waited:
+		if code != 200 {
+			t.Errorf("waiting request: %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting request never got the freed slot")
 	}
 	cancel()
 	wg.Wait()
 	testkit.Eventually(t, 5*time.Second, func() string { return "fetches ended" }, f.idle)
-	if resp, _ := get(t, http.MethodGet, s.URL+"/ipfs/bafkqaaa?format=raw"); resp.StatusCode != 200 {
-		t.Errorf("after the others ended: %d", resp.StatusCode)
+	testkit.Eventually(t, 5*time.Second, func() string { return "limiter empty" }, func() bool { return h.limit.clients() == 0 })
+}
+
+// A request waiting for a slot gives up at the retrieval timeout.
+func TestPerIPWaitTimesOut(t *testing.T) {
+	l := newQueueLimiter(1, 1)
+	ip := netip.MustParseAddr("198.51.100.7")
+	release, err := l.acquire(context.Background(), ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := l.acquire(ctx, ip); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("waiting past the deadline: %v", err)
+	}
+	release()
+	release() // twice is once
+	if l.clients() != 0 {
+		t.Errorf("%d clients left", l.clients())
 	}
 }
 

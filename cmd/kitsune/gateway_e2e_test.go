@@ -235,3 +235,47 @@ func TestGatewayFailoverMidCAR(t *testing.T) {
 		t.Fatal("the CAR's DAG is not the file")
 	}
 }
+
+// A Kubo client with HTTPRetrieval and Kitsune's /routing/v1 as its only
+// router, and no libp2p transport at all, fetches a file the fleet holds:
+// Kitsune's record offers the gateway at a loopback /http address (boxo's
+// httpnet takes plain HTTP only at loopback and private IPs), so every
+// block comes over HTTP through the relay's local fetches.
+func TestKuboHTTPRetrievalThroughGateway(t *testing.T) {
+	a := kubotest.Start(t, kubotest.Options{})
+	ctx := testCtx(t, 3*time.Minute)
+	data := randomBytes(t, 3<<20+5)
+	root, err := a.AddBytes(ctx, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKitsune(t, []*kubotest.Node{a}, gatewayOn)
+	eventually(t, 30*time.Second, "node healthy", func() bool { return k.pool.HealthyCount() == 1 })
+	client := kubotest.Start(t, kubotest.Options{Config: map[string]any{
+		"Routing.Type":                          "delegated",
+		"Routing.DelegatedRouters":              []string{k.http.URL()},
+		"Ipns.DelegatedPublishers":              []string{},
+		"Provide.Enabled":                       false,
+		"HTTPRetrieval.Enabled":                 true,
+		"Swarm.Transports.Network.TCP":          false,
+		"Swarm.Transports.Network.QUIC":         false,
+		"Swarm.Transports.Network.Websocket":    false,
+		"Swarm.Transports.Network.WebTransport": false,
+		"Swarm.Transports.Network.WebRTCDirect": false,
+		"Addresses.Swarm":                       []string{},
+	}})
+	before := k.relay.Counters().LocalBlocks.Load()
+	got, err := client.Cat(ctx, "/ipfs/"+root.String())
+	if err != nil {
+		t.Fatalf("kubo client cat over HTTP retrieval: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("kubo client got %d bytes, not the file", len(got))
+	}
+	if n := k.relay.Counters().LocalBlocks.Load() - before; n == 0 {
+		t.Error("no block came through the gateway")
+	}
+	if n := k.relay.Counters().BlocksOut.Load(); n != 0 {
+		t.Errorf("%d blocks went out over Bitswap to a client without transports", n)
+	}
+}

@@ -20,7 +20,8 @@ import (
 // gatewayFlags turn on the trustless gateway on the --http port.
 type gatewayFlags struct {
 	Gateway            bool          `name:"http-gateway" env:"KITSUNE_HTTP_GATEWAY" help:"Also serve a trustless gateway on the --http port: GET and HEAD /ipfs/{cid} with ?format=raw or ?format=car (or the matching Accept types), blocks fetched through the relay from the fleet and checked against their CIDs. No deserialized responses (no HTML, no directory listings), no /ipns/. Routing records then offer transport-ipfs-gateway-http."`
-	GatewayMaxPerIP    int           `name:"http-gateway-max-per-ip" env:"KITSUNE_HTTP_GATEWAY_MAX_PER_IP" default:"8" help:"Concurrent gateway requests per client IP (per /64 for IPv6); more get 429."`
+	GatewayMaxPerIP    int           `name:"http-gateway-max-per-ip" env:"KITSUNE_HTTP_GATEWAY_MAX_PER_IP" default:"8" help:"Concurrent gateway requests per client IP (per /64 for IPv6); more wait for a slot (see --http-gateway-queue-per-ip)."`
+	GatewayQueuePerIP  int           `name:"http-gateway-queue-per-ip" env:"KITSUNE_HTTP_GATEWAY_QUEUE_PER_IP" default:"256" help:"Gateway requests per client IP that may wait for a slot, at most --http-gateway-timeout (trustless clients ask for a DAG's blocks in parallel); more get 429."`
 	GatewayTimeout     time.Duration `name:"http-gateway-timeout" env:"KITSUNE_HTTP_GATEWAY_TIMEOUT" default:"30s" help:"Longest wait for a gateway response's first byte, and between two writes: 504 before the headers, a cut (invalid) stream after."`
 	GatewayMaxDuration time.Duration `name:"http-gateway-max-duration" env:"KITSUNE_HTTP_GATEWAY_MAX_DURATION" default:"10m" help:"Longest gateway request in all."`
 	GatewayMaxBytes    int64         `name:"http-gateway-max-bytes" env:"KITSUNE_HTTP_GATEWAY_MAX_BYTES" default:"1073741824" help:"Largest gateway response body in bytes (a CAR); a CAR reaching it is cut and made invalid."`
@@ -31,6 +32,7 @@ type gatewayFlags struct {
 type gatewayConfig struct {
 	On          bool
 	MaxPerIP    int
+	QueuePerIP  int
 	Timeout     time.Duration
 	MaxDuration time.Duration
 	MaxBytes    int64
@@ -41,10 +43,10 @@ func (f *gatewayFlags) config() (gatewayConfig, error) {
 	if !f.Gateway {
 		return gatewayConfig{}, nil
 	}
-	if f.GatewayMaxPerIP <= 0 || f.GatewayTimeout <= 0 || f.GatewayMaxDuration <= 0 || f.GatewayMaxBytes <= 0 {
-		return gatewayConfig{}, fmt.Errorf("--http-gateway-max-per-ip, --http-gateway-timeout, --http-gateway-max-duration and --http-gateway-max-bytes must be positive")
+	if f.GatewayMaxPerIP <= 0 || f.GatewayQueuePerIP <= 0 || f.GatewayTimeout <= 0 || f.GatewayMaxDuration <= 0 || f.GatewayMaxBytes <= 0 {
+		return gatewayConfig{}, fmt.Errorf("--http-gateway-max-per-ip, --http-gateway-queue-per-ip, --http-gateway-timeout, --http-gateway-max-duration and --http-gateway-max-bytes must be positive")
 	}
-	c := gatewayConfig{On: true, MaxPerIP: f.GatewayMaxPerIP, Timeout: f.GatewayTimeout, MaxDuration: f.GatewayMaxDuration, MaxBytes: f.GatewayMaxBytes}
+	c := gatewayConfig{On: true, MaxPerIP: f.GatewayMaxPerIP, QueuePerIP: f.GatewayQueuePerIP, Timeout: f.GatewayTimeout, MaxDuration: f.GatewayMaxDuration, MaxBytes: f.GatewayMaxBytes}
 	for _, s := range f.GatewayAnnounce {
 		a, err := ma.NewMultiaddr(strings.TrimSpace(s))
 		if err != nil {
@@ -71,6 +73,7 @@ func withGateway(cfg gatewayConfig, next http.Handler, f gateway.Fetcher, truste
 	gw, err := gateway.New(gateway.Config{
 		Fetcher:          f,
 		MaxPerIP:         cfg.MaxPerIP,
+		MaxWaitingPerIP:  cfg.QueuePerIP,
 		RetrievalTimeout: cfg.Timeout,
 		MaxDuration:      cfg.MaxDuration,
 		MaxResponseBytes: cfg.MaxBytes,
