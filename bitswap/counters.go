@@ -29,6 +29,11 @@ type Counters struct {
 	ReverseBytes  atomic.Uint64
 	Deferred      atomic.Uint64 // blocks set aside for a peer reading too slowly
 	BadBlocks     atomic.Uint64 // blocks from a node that match nothing it was asked for
+	// Reply messages an upstream peer cut off (reset the stream): their
+	// blocks are sent again, smaller; those given up after
+	// maxReplyFailures in a row are counted in RepliesGivenUp.
+	RepliesCutOff  atomic.Uint64
+	RepliesGivenUp atomic.Uint64 // blocks
 	// Wants Kitsune answers itself, never forwarded (local.go).
 	RefusedWants atomic.Uint64 // CIDs longer than a Kubo node accepts
 	InlineBlocks atomic.Uint64 // identity CIDs answered from the CID
@@ -55,4 +60,9 @@ type Stats struct {
 	ReverseWants int
 	// Local fetches (Fetch) not yet ended.
 	Local int
+	// Replies to upstream peers: peers with an outbox, block bytes queued
+	// or in flight, and messages whose stream has not ended.
+	ReplyPeers   int
+	ReplyBytes   int
+	ReplyStreams int
 }

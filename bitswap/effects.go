@@ -30,7 +30,7 @@ func (f shellFx) block(to peer.ID, b blocks.Block) {
 		}
 		return
 	}
-	f.r.outLocked(to).reply.addBlock(f.r.ctx, b)
+	f.r.outLocked(to).reply.addBlock(b)
 }
 
 func (f shellFx) presence(to peer.ID, c cid.Cid, t pb.Message_BlockPresenceType) {
@@ -40,7 +40,7 @@ func (f shellFx) presence(to peer.ID, c cid.Cid, t pb.Message_BlockPresenceType)
 		}
 		return
 	}
-	f.r.outLocked(to).reply.addPresence(f.r.ctx, c, t)
+	f.r.outLocked(to).reply.addPresence(c, t)
 }
 
 func (f shellFx) backlogged(to peer.ID) bool {

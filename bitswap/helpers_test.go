@@ -416,7 +416,9 @@ type env struct {
 	upWants *wantLog
 }
 
-func newEnv(t *testing.T, cfg Config) *env {
+// newEnv starts a relay between two test hosts; each tune runs on the
+// relay before it starts.
+func newEnv(t *testing.T, cfg Config, tune ...func(*Relay)) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &env{
@@ -436,6 +438,9 @@ func newEnv(t *testing.T, cfg Config) *env {
 	front := &tapNet{BitSwapNetwork: bsnet.NewFromIpfsHost(GuardStreams(e.front)), onRecv: func(_ peer.ID, m bsmsg.BitSwapMessage) { e.upWants.record(m) }}
 	e.tap = front
 	e.relay = New(cfg, front, bsnet.NewFromIpfsHost(e.back), e.down, zaptest.NewLogger(t, zaptest.Level(level)))
+	for _, f := range tune {
+		f(e.relay)
+	}
 	e.relay.Start(ctx)
 	t.Cleanup(func() {
 		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -466,10 +471,11 @@ func (e *env) describe() string {
 		c.DroppedMessages.Load(), c.DroppedWants.Load())
 }
 
-// idle reports whether the relay's tables are empty of wants.
+// idle reports whether the relay's tables are empty of wants, and every
+// reply written has been settled.
 func (e *env) idle() bool {
 	s := e.relay.Stats()
-	if s.Wants != 0 || s.Queued != 0 {
+	if s.Wants != 0 || s.Queued != 0 || s.ReplyBytes != 0 || s.ReplyStreams != 0 {
 		return false
 	}
 	for _, n := range s.Outstanding {

@@ -15,7 +15,6 @@ import (
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	pb "github.com/ipfs/boxo/bitswap/message/pb"
-	bsnetiface "github.com/ipfs/boxo/bitswap/network"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -195,11 +194,12 @@ func TestMissFetchesBoundedPerPeerBroadcastsLeast(t *testing.T) {
 	}
 }
 
-// sendNet is a network whose SendMessage the test scripts: it fails the
-// first fail calls, and takes size/rate to write a message.
+// sendNet is a replySender the test scripts, on a fake clock: it cuts
+// off the first fail messages (a reset), and a message of size bytes
+// takes size/rate to arrive.
 type sendNet struct {
-	bsnetiface.BitSwapNetwork
 	mu    sync.Mutex
+	now   time.Time
 	fail  int
 	rate  float64 // bytes per second; 0 for instant
 	sizes []int
@@ -207,20 +207,37 @@ type sendNet struct {
 	pres  map[cid.Cid]int
 }
 
-func (n *sendNet) SendMessage(_ context.Context, _ peer.ID, m bsmsg.BitSwapMessage) error {
+func (n *sendNet) send(_ context.Context, _ peer.ID, m bsmsg.BitSwapMessage, hold time.Duration, done func(replyEvents)) {
 	size := 0
 	for _, b := range m.Blocks() {
 		size += len(b.RawData())
 	}
-	if n.rate > 0 {
-		time.Sleep(time.Duration(float64(size) / n.rate * float64(time.Second)))
-	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
+	if n.now.IsZero() {
+		n.now = time.Unix(1000, 0)
+	}
+	ev := replyEvents{opened: n.now}
+	if n.rate > 0 {
+		n.now = n.now.Add(time.Duration(float64(size) / n.rate * float64(time.Second)))
+	}
+	n.now = n.now.Add(time.Millisecond)
 	if n.fail > 0 {
 		n.fail--
-		return errors.New("stream reset")
+		ev.wrote, ev.closed, ev.ended, ev.endErr = n.now, n.now, n.now, errors.New("stream reset")
+		n.mu.Unlock()
+		done(ev)
+		return
 	}
+	// A receiver that reads first (boxo): it closes after our close, so a
+	// held probe ends with our close.
+	ev.wrote = n.now
+	if hold > 0 {
+		ev.held = true
+		n.now = n.now.Add(hold)
+	}
+	ev.closed = n.now
+	n.now = n.now.Add(time.Millisecond)
+	ev.ended = n.now
 	n.sizes = append(n.sizes, size)
 	for _, b := range m.Blocks() {
 		n.got[b.Cid()]++
@@ -228,7 +245,8 @@ func (n *sendNet) SendMessage(_ context.Context, _ peer.ID, m bsmsg.BitSwapMessa
 	for _, bp := range m.BlockPresences() {
 		n.pres[bp.Cid]++
 	}
-	return nil
+	n.mu.Unlock()
+	done(ev)
 }
 
 func (n *sendNet) delivered() (blocks, presences int) {
@@ -241,14 +259,13 @@ func (n *sendNet) delivered() (blocks, presences int) {
 // Helia asks a peer for each block once.
 func TestFailedReplySendKeepsBlocks(t *testing.T) {
 	net := &sendNet{fail: 2, got: make(map[cid.Cid]int), pres: make(map[cid.Cid]int)}
-	o := newReplyOutbox("peer", net, zaptest.NewLogger(t), nil, 0, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	o := newReplyOutbox(context.Background(), "peer", net, zaptest.NewLogger(t), 0, replyWindow, replyHooks{})
+	defer o.close()
 	for range 10 {
-		o.addBlock(ctx, makeBlock(t, 4096))
+		o.addBlock(makeBlock(t, 4096))
 	}
 	c := missingCid(t)
-	o.addPresence(ctx, c, pb.Message_DontHave)
+	o.addPresence(c, pb.Message_DontHave)
 	eventually(t, 5*time.Second, func() string {
 		b, p := net.delivered()
 		return fmt.Sprintf("10 blocks and 1 presence, got %d and %d", b, p)
@@ -271,13 +288,12 @@ func TestFailedReplySendKeepsBlocks(t *testing.T) {
 func TestReplyMessagesFollowPeerRate(t *testing.T) {
 	const rate = 4 << 20 // bytes per second
 	net := &sendNet{rate: rate, got: make(map[cid.Cid]int), pres: make(map[cid.Cid]int)}
-	o := newReplyOutbox("peer", net, zaptest.NewLogger(t), nil, 0, nil)
-	o.window = 50 * time.Millisecond // 200 KiB at this rate
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	const window = 50 * time.Millisecond // 200 KiB at this rate
+	o := newReplyOutbox(context.Background(), "peer", net, zaptest.NewLogger(t), 0, window, replyHooks{})
+	defer o.close()
 	const n = 64
 	for range n {
-		o.addBlock(ctx, makeBlock(t, 32<<10))
+		o.addBlock(makeBlock(t, 32<<10))
 	}
 	eventually(t, 20*time.Second, func() string { b, _ := net.delivered(); return fmt.Sprintf("%d of %d blocks", b, n) }, func() bool {
 		b, _ := net.delivered()
@@ -286,7 +302,7 @@ func TestReplyMessagesFollowPeerRate(t *testing.T) {
 	net.mu.Lock()
 	sizes := slices.Clone(net.sizes)
 	net.mu.Unlock()
-	limit := int(2 * rate * o.window.Seconds())
+	limit := int(2 * rate * window.Seconds())
 	for i, s := range sizes[1:] {
 		if s > limit {
 			t.Errorf("message %d: %d bytes to a peer that takes %d in the window (sizes %v)", i+1, s, limit/2, sizes)

@@ -16,61 +16,61 @@ import (
 	"go.uber.org/zap"
 )
 
-// targetMessageBytes is where an outgoing reply stops taking more blocks.
-// Far enough below the 4 MiB that receivers accept to leave room for one
-// more maximal block, and large enough that a fast transfer is not
-// dominated by per-message overhead.
-const targetMessageBytes = 1 << 20
-
-// Reply messages are sized to the peer's measured rate: Helia
-// (@helia/bitswap 4.0.19, DEFAULT_MESSAGE_RECEIVE_TIMEOUT) aborts an
-// incoming stream whose message has not fully arrived within 10 s, so a
-// 1 MiB message to a browser under 0.8 Mbit/s was lost whole. A message
-// carries about replyWindow's worth of the peer's rate (at least one
-// block, at least minReplyBytes).
-const (
-	replyWindow   = 3 * time.Second
-	minReplyBytes = 16 << 10
-	// sendAttempts bounds how often one reply is tried before it is given
-	// up (the peer is most likely gone; its disconnect closes the outbox).
-	sendAttempts = 4
-	retryBase    = 100 * time.Millisecond
-)
-
 // replyOutbox queues replies (blocks and presences) for one upstream peer
 // and sends them from its own goroutine, so a slow peer never stalls the
 // downstream read loop that produced them. Whatever piles up while one
 // message is on the wire goes out together in the next.
+//
+// A message's blocks stay counted here until its stream ended (see
+// replystream.go): one the peer cut off goes back to the front of the
+// queue and is sent again, smaller, as the pace (pace.go) decides.
 type replyOutbox struct {
-	to   peer.ID
-	net  bsnet.BitSwapNetwork
-	log  *zap.Logger
-	sent func(blocks, bytes int)
-	// budget caps the block bytes waiting for this peer; drained is called
-	// (from the outbox goroutine, no lock held) once a full outbox is back
-	// under half its budget, so deferred wants can be fetched again.
+	ctx    context.Context
+	cancel context.CancelFunc
+	to     peer.ID
+	link   replySender
+	log    *zap.Logger
+	sent   func(blocks, bytes int)
+	// cut counts messages the peer cut off, given the blocks they carried
+	// and whether they were given up.
+	cut func(blocks int, givenUp bool)
+	// budget caps the block bytes waiting for this peer, in flight
+	// included; drained is called (no lock held) once a full outbox is
+	// back under half its budget, so deferred wants can be fetched again.
 	budget  int
 	drained func()
-
-	// window is replyWindow, shorter in tests.
-	window time.Duration
+	// probe is how long a message holds our close to learn what the
+	// receiver's close means (replyProbe; shorter in tests).
+	probe time.Duration
 
 	mu       sync.Mutex
 	blocks   []blocks.Block
 	presence map[cid.Cid]pb.Message_BlockPresenceType
-	pending  int // block bytes queued or on the wire
-	wasFull  bool
-	running  bool
-	closed   bool
-	// rate is the peer's smoothed write rate in bytes per second (0 until
-	// measured); target the message size it allows.
-	rate   float64
-	target int
+	pending  int // block bytes queued or in flight
+	inFlight int // block bytes in messages whose stream has not ended
+	flights  int // such messages
+	// probeBytes is the size of the message holding its close to learn
+	// the receiver's kind (replyPace.probe), while it does.
+	probeBytes int
+	wasFull    bool
+	running    bool
+	closed     bool
+	pace       replyPace
 }
 
-func newReplyOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger, sent func(int, int), budget int, drained func()) *replyOutbox {
-	return &replyOutbox{to: to, net: net, log: log, sent: sent, budget: budget, drained: drained,
-		window: replyWindow, target: targetMessageBytes,
+// replyHooks are the outbox's reports to the relay.
+type replyHooks struct {
+	sent    func(blocks, bytes int)
+	cut     func(blocks int, givenUp bool)
+	drained func()
+}
+
+func newReplyOutbox(ctx context.Context, to peer.ID, link replySender, log *zap.Logger, budget int, window time.Duration, h replyHooks) *replyOutbox {
+	ctx, cancel := context.WithCancel(ctx)
+	return &replyOutbox{ctx: ctx, cancel: cancel, to: to, link: link, log: log,
+		sent: h.sent, cut: h.cut, drained: h.drained, budget: budget,
+		probe:    replyProbe,
+		pace:     newReplyPace(window),
 		presence: make(map[cid.Cid]pb.Message_BlockPresenceType)}
 }
 
@@ -87,7 +87,7 @@ func (o *replyOutbox) full() bool {
 	return false
 }
 
-func (o *replyOutbox) addBlock(ctx context.Context, b blocks.Block) {
+func (o *replyOutbox) addBlock(b blocks.Block) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed {
@@ -96,20 +96,21 @@ func (o *replyOutbox) addBlock(ctx context.Context, b blocks.Block) {
 	delete(o.presence, b.Cid())
 	o.blocks = append(o.blocks, b)
 	o.pending += len(b.RawData())
-	o.kickLocked(ctx)
+	o.kickLocked()
 }
 
-func (o *replyOutbox) addPresence(ctx context.Context, c cid.Cid, t pb.Message_BlockPresenceType) {
+func (o *replyOutbox) addPresence(c cid.Cid, t pb.Message_BlockPresenceType) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed {
 		return
 	}
 	o.presence[c] = t
-	o.kickLocked(ctx)
+	o.kickLocked()
 }
 
-// close drops whatever is queued: the peer is gone.
+// close drops whatever is queued and ends the streams in flight: the peer
+// is gone.
 func (o *replyOutbox) close() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -117,28 +118,50 @@ func (o *replyOutbox) close() {
 	o.blocks = nil
 	o.pending = 0
 	clear(o.presence)
+	o.cancel()
 }
 
-func (o *replyOutbox) kickLocked(ctx context.Context) {
-	if o.running {
+// replyLoad is what an outbox holds, for Stats.
+type replyLoad struct{ bytes, flights int }
+
+func (o *replyOutbox) load() replyLoad {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return replyLoad{o.pending, o.flights}
+}
+
+// kickLocked starts the writer unless it runs, or there is no room for a
+// message (settle kicks again).
+func (o *replyOutbox) kickLocked() {
+	if o.running || !o.roomLocked() {
 		return
 	}
 	o.running = true
-	go o.run(ctx)
+	go o.run()
 }
 
-func (o *replyOutbox) run(ctx context.Context) {
-	failures := 0
+// run writes messages while there is something to send and room for it.
+func (o *replyOutbox) run() {
 	for {
 		o.mu.Lock()
-		if o.closed || ctx.Err() != nil || (len(o.blocks) == 0 && len(o.presence) == 0) {
+		wait := o.pace.backoff()
+		o.mu.Unlock()
+		if wait > 0 {
+			select {
+			case <-o.ctx.Done():
+			case <-time.After(wait):
+			}
+		}
+
+		o.mu.Lock()
+		if !o.roomLocked() {
 			o.running = false
 			o.mu.Unlock()
 			return
 		}
 		msg := bsmsg.New(false)
-		size, n := 0, 0
-		for n < len(o.blocks) && (n == 0 || size+len(o.blocks[n].RawData()) <= o.target) {
+		size, n, target := 0, 0, o.pace.messageBytes()
+		for n < len(o.blocks) && (n == 0 || size+len(o.blocks[n].RawData()) <= target) {
 			msg.AddBlock(o.blocks[n])
 			size += len(o.blocks[n].RawData())
 			n++
@@ -154,71 +177,79 @@ func (o *replyOutbox) run(ctx context.Context) {
 			msg.AddBlockPresence(c, t)
 		}
 		clear(o.presence)
+		o.inFlight += size
+		o.flights++
+		var hold time.Duration
+		if o.pace.probe() {
+			hold = o.probe
+			o.probeBytes = size
+		}
 		o.mu.Unlock()
 
-		start := time.Now()
-		err := o.net.SendMessage(ctx, o.to, msg)
-		took := time.Since(start)
-		o.mu.Lock()
-		if err != nil {
-			failures++
-			if failures < sendAttempts && !o.closed {
-				// Put the reply back in front of whatever came since, and
-				// try a smaller message: a message too big for the link
-				// is the likely failure on a slow one.
-				o.blocks = append(sending, o.blocks...)
-				for c, t := range presence {
-					if _, newer := o.presence[c]; !newer {
-						o.presence[c] = t
-					}
-				}
-				o.target = max(minReplyBytes, o.target/2)
-				o.mu.Unlock()
-				o.log.Debug("reply to upstream failed; trying again", zap.Stringer("peer", o.to), zap.Int("attempt", failures), zap.Error(err))
-				select {
-				case <-ctx.Done():
-				case <-time.After(retryBase << (failures - 1)):
-				}
-				continue
-			}
-		} else {
-			failures = 0
-			o.measureLocked(size, took)
-		}
-		o.pending -= size
-		resume := o.wasFull && o.pending <= o.budget/2 && !o.closed
-		if resume {
-			o.wasFull = false
-		}
-		o.mu.Unlock()
-		if resume && o.drained != nil {
-			o.drained()
-		}
-		if err != nil {
-			o.log.Debug("reply to upstream given up", zap.Stringer("peer", o.to), zap.Int("blocks", n), zap.Error(err))
-			failures = 0
-			continue
-		}
-		if o.sent != nil {
-			o.sent(n, size)
-		}
+		o.link.send(o.ctx, o.to, msg, hold, func(ev replyEvents) { o.settle(ev, sending, presence, size) })
 	}
 }
 
-// measureLocked folds one message's write time into the peer's rate and
-// sizes the next messages to it. Small messages say little about the
-// link and are left out.
-func (o *replyOutbox) measureLocked(size int, took time.Duration) {
-	if size < minReplyBytes || took <= 0 {
+// roomLocked reports whether a message should go now: something to send,
+// fewer streams out than the most, and the bytes out below what the pace
+// allows (one message always may go). A probe holding its close is not
+// counted against the bytes: the replies behind it do not wait for it.
+func (o *replyOutbox) roomLocked() bool {
+	flights, bytes := o.flights, o.inFlight
+	if o.pace.probing {
+		flights, bytes = flights-1, bytes-o.probeBytes
+	}
+	return !o.closed && o.ctx.Err() == nil && (len(o.blocks) > 0 || len(o.presence) > 0) &&
+		o.flights < maxRepliesInFlight && (flights == 0 || bytes < o.pace.inFlightBytes())
+}
+
+// settle takes the end of one message's stream: its blocks are done with,
+// or go back in front of whatever came since.
+func (o *replyOutbox) settle(ev replyEvents, sending []blocks.Block, presence map[cid.Cid]pb.Message_BlockPresenceType, size int) {
+	res := ev.result()
+	outcome := res.outcome
+	o.mu.Lock()
+	o.inFlight -= size
+	o.flights--
+	if o.closed {
+		o.mu.Unlock()
 		return
 	}
-	r := float64(size) / took.Seconds()
-	if o.rate == 0 {
-		o.rate = r
-	} else {
-		o.rate = 0.5*r + 0.5*o.rate
+	o.pace.observe(res, size)
+	if res.held {
+		o.probeBytes = 0
 	}
-	o.target = int(min(float64(targetMessageBytes), max(float64(minReplyBytes), o.rate*o.window.Seconds())))
+	giveUp := outcome == replyFailed && o.pace.givingUp()
+	if outcome == replyFailed && !giveUp {
+		o.blocks = append(sending, o.blocks...)
+		for c, t := range presence {
+			if _, newer := o.presence[c]; !newer {
+				o.presence[c] = t
+			}
+		}
+	} else {
+		o.pending -= size
+	}
+	resume := o.wasFull && o.pending <= o.budget/2
+	if resume {
+		o.wasFull = false
+	}
+	o.kickLocked()
+	target := o.pace.messageBytes()
+	o.mu.Unlock()
+
+	if outcome == replyFailed {
+		o.log.Debug("reply cut off", zap.Stringer("peer", o.to), zap.Int("blocks", len(sending)), zap.Int("bytes", size),
+			zap.Duration("after", res.toEnd), zap.Bool("given up", giveUp), zap.Int("next size", target), zap.Errors("errors", []error{ev.writeErr, ev.endErr}))
+		if o.cut != nil {
+			o.cut(len(sending), giveUp)
+		}
+	} else if o.sent != nil {
+		o.sent(len(sending), size)
+	}
+	if resume && o.drained != nil {
+		o.drained()
+	}
 }
 
 // wantOp is the latest instruction for one CID towards one node.
@@ -344,7 +375,7 @@ func (o *wantOutbox) run(ctx context.Context) {
 		}
 		clear(o.presence)
 		size, nb := 0, 0
-		for nb < len(o.blocks) && (nb == 0 || size+len(o.blocks[nb].RawData()) <= targetMessageBytes) {
+		for nb < len(o.blocks) && (nb == 0 || size+len(o.blocks[nb].RawData()) <= maxReplyBytes) {
 			msg.AddBlock(o.blocks[nb])
 			size += len(o.blocks[nb].RawData())
 			nb++

@@ -81,6 +81,11 @@ type Relay struct {
 	// Reverse sessions (preload): see reverse.go.
 	rev *reverseSet
 
+	// replyWindow is how long one reply message may take at the peer's
+	// measured rate, replyAckWait how long a written one waits for the
+	// receiver's close (pace.go); shorter in tests.
+	replyWindow, replyAckWait time.Duration
+
 	counters Counters
 	// gone hears the front host's disconnects (see Start).
 	gone *network.NotifyBundle
@@ -99,6 +104,8 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 		nodeOut: make(map[peer.ID]*wantOutbox),
 		fetches: make(map[uint64]context.CancelFunc),
 		locals:  make(map[peer.ID]*localFetch),
+
+		replyWindow: replyWindow, replyAckWait: replyAckWait,
 	}
 	r.core = newCore(cfg, shellFx{r}, down, &r.counters)
 	r.rev = newReverseSet(hostPeers{front.Host().Network()}, shellFx{r}, &r.counters)
@@ -164,7 +171,12 @@ func (r *Relay) Close(ctx context.Context) error {
 func (r *Relay) Stats() Stats {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := Stats{Sessions: len(r.rev.sessions), Authorised: len(r.rev.auth), ReverseWants: len(r.rev.wants), Local: len(r.locals)}
+	s := Stats{Sessions: len(r.rev.sessions), Authorised: len(r.rev.auth), ReverseWants: len(r.rev.wants), Local: len(r.locals), ReplyPeers: len(r.outs)}
+	for _, o := range r.outs {
+		l := o.reply.load()
+		s.ReplyBytes += l.bytes
+		s.ReplyStreams += l.flights
+	}
 	r.core.stats(&s)
 	return s
 }
@@ -222,7 +234,9 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 func (r *Relay) outLocked(p peer.ID) *peerOut {
 	o := r.outs[p]
 	if o == nil {
-		o = &peerOut{reply: newReplyOutbox(p, r.front, r.log, r.countSent, r.cfg.PeerBufferBytes, func() { r.resumeDeferred(p) })}
+		link := streamReplies{host: r.front.Host(), ackWait: r.replyAckWait}
+		o = &peerOut{reply: newReplyOutbox(r.ctx, p, link, r.log, r.cfg.PeerBufferBytes, r.replyWindow, replyHooks{
+			sent: r.countSent, cut: r.countCut, drained: func() { r.resumeDeferred(p) }})}
 		r.outs[p] = o
 	}
 	return o
@@ -246,6 +260,13 @@ func (r *Relay) resumeDeferred(p peer.ID) {
 func (r *Relay) countSent(blocks, bytes int) {
 	r.counters.BlocksOut.Add(uint64(blocks))
 	r.counters.BytesOut.Add(uint64(bytes))
+}
+
+func (r *Relay) countCut(blocks int, givenUp bool) {
+	r.counters.RepliesCutOff.Add(1)
+	if givenUp {
+		r.counters.RepliesGivenUp.Add(uint64(blocks))
+	}
 }
 
 func (r *Relay) upstreamGone(p peer.ID) {

@@ -1,0 +1,141 @@
+package bitswap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	bsmsg "github.com/ipfs/boxo/bitswap/message"
+	"github.com/ipfs/boxo/bitswap/network/bsnet"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// replySender writes one reply message to a peer. send returns once the
+// message is written (and our side closed, after hold if given) or
+// failed; done is called once, later or from send itself, with what the
+// stream showed.
+type replySender interface {
+	send(ctx context.Context, to peer.ID, msg bsmsg.BitSwapMessage, hold time.Duration, done func(replyEvents))
+}
+
+// streamReplies sends each reply message on a stream of its own, as
+// bsnet.SendMessage does, but keeps the stream until the receiver has
+// closed its side or reset it: SendMessage returns once the bytes are
+// buffered, so a message the receiver cut off was lost unseen. What each
+// receiver's close means is in pace.go.
+type streamReplies struct {
+	host host.Host
+	// ackWait bounds the wait for the receiver's close once written.
+	ackWait time.Duration
+}
+
+// replyProtocols are the Bitswap protocols a reply may go out on, newest
+// first, as bsnet offers them.
+func replyProtocols() []protocol.ID {
+	return []protocol.ID{bsnet.ProtocolBitswap, bsnet.ProtocolBitswapOneOne, bsnet.ProtocolBitswapOneZero, bsnet.ProtocolBitswapNoVers}
+}
+
+// writeTimeout is boxo's sendTimeout: 2 s plus the message at 100 kbit/s,
+// between 10 s and 2 min.
+func writeTimeout(size int) time.Duration {
+	t := 2*time.Second + time.Duration(int64(size)*int64(time.Second)/(100_000/8))
+	return min(2*time.Minute, max(10*time.Second, t))
+}
+
+// streamEnd is how the receiver's side of a stream ended.
+type streamEnd struct {
+	at  time.Time
+	err error
+}
+
+func (r streamReplies) send(ctx context.Context, to peer.ID, msg bsmsg.BitSwapMessage, hold time.Duration, done func(replyEvents)) {
+	var ev replyEvents
+	// Replies go over the peer's connection or not at all: a peer that
+	// left is forgotten, and its outbox with it.
+	s, err := r.host.NewStream(network.WithNoDial(ctx, "bitswap reply"), to, replyProtocols()...)
+	if err != nil {
+		ev.writeErr = err
+		done(ev)
+		return
+	}
+	ev.opened = time.Now()
+	deadline := ev.opened.Add(writeTimeout(msg.Size()))
+	_ = s.SetReadDeadline(deadline.Add(r.ackWait))
+	ended := make(chan streamEnd, 1)
+	go func() {
+		// Receivers send nothing back; whatever one does is discarded.
+		_, err := io.Copy(io.Discard, s)
+		ended <- streamEnd{time.Now(), err}
+	}()
+	// The peer leaving (or the relay closing) ends the wait at once.
+	stop := context.AfterFunc(ctx, func() { _ = s.Reset() })
+
+	_ = s.SetWriteDeadline(deadline)
+	var end *streamEnd
+	if err := writeReply(s, msg); err != nil {
+		ev.writeErr = err
+	} else {
+		ev.wrote = time.Now()
+		if hold > 0 {
+			// The probe: a receiver that closes before we do is Helia.
+			ev.held = true
+			t := time.NewTimer(hold)
+			select {
+			case e := <-ended:
+				end = &e
+			case <-t.C:
+			}
+			t.Stop()
+		}
+		if end == nil || end.err == nil {
+			if err := s.CloseWrite(); err != nil {
+				ev.writeErr = err
+			} else {
+				ev.closed = time.Now()
+				// From here the wait is bounded by ackWait, however long
+				// the write took.
+				_ = s.SetReadDeadline(ev.closed.Add(r.ackWait))
+			}
+		}
+	}
+	if ev.writeErr != nil {
+		_ = s.Reset()
+	}
+	go func() {
+		if end == nil {
+			e := <-ended
+			end = &e
+		}
+		stop()
+		ev.ended, ev.endErr = end.at, end.err
+		var ne net.Error
+		ev.timedOut = errors.As(end.err, &ne) && ne.Timeout()
+		if ev.endErr != nil && !ev.timedOut {
+			_ = s.Reset()
+		} else {
+			// A receiver still reading past the bound is not cut off:
+			// closing our read side sends nothing.
+			_ = s.Close()
+		}
+		done(ev)
+	}()
+}
+
+// writeReply writes msg in the format of the stream's protocol, as bsnet
+// does.
+func writeReply(s network.Stream, msg bsmsg.BitSwapMessage) error {
+	switch s.Protocol() {
+	case bsnet.ProtocolBitswap, bsnet.ProtocolBitswapOneOne:
+		return msg.ToNetV1(s)
+	case bsnet.ProtocolBitswapOneZero, bsnet.ProtocolBitswapNoVers:
+		return msg.ToNetV0(s)
+	default:
+		return fmt.Errorf("bitswap reply: unexpected protocol %q", s.Protocol())
+	}
+}
