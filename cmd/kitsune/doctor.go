@@ -19,7 +19,6 @@ import (
 
 	"github.com/kitsune-lb/kitsune/doctor"
 	"github.com/kitsune-lb/kitsune/downstream"
-	"github.com/kitsune-lb/kitsune/proxy"
 )
 
 // doctorCmd checks the fleet's Kubo nodes against what Kitsune needs. It
@@ -32,6 +31,7 @@ type doctorCmd struct {
 	Key            string        `short:"k" env:"KITSUNE_KEY" default:"kitsune.key" type:"path" help:"Kitsune's key file; the back host's peer ID is read from <file>.back, which doctor never creates."`
 	JSON           bool          `name:"json" help:"Print the results as JSON (one object with a results list) instead of a table."`
 	Timeout        time.Duration `default:"5s" help:"Timeout of each request and dial."`
+	backKeyFlags   `embed:""`
 
 	out io.Writer `kong:"-"`
 }
@@ -53,7 +53,7 @@ func (c *doctorCmd) Run() error {
 	if err != nil {
 		return usageError{err}
 	}
-	results := runDoctor(ctx, backHost(c.Key), urls, c.Timeout)
+	results := runDoctor(ctx, backHost(c.backKeyFlags.path(c.Key), c.Key), urls, c.Timeout)
 	if c.JSON {
 		err = writeDoctorJSON(out, results)
 	} else {
@@ -113,10 +113,9 @@ func (c *doctorCmd) fleet(ctx context.Context) ([]string, error) {
 	return urls, nil
 }
 
-// backHost reads the back host's peer ID beside the key file, without
+// backHost reads the back host's peer ID from its key file (path), without
 // creating anything.
-func backHost(keyFile string) doctor.Kitsune {
-	path := proxy.BackKeyPath(keyFile)
+func backHost(path, keyFile string) doctor.Kitsune {
 	if _, err := os.Stat(path); err != nil {
 		return doctor.Kitsune{BackErr: fmt.Sprintf("no back host key at %s (Kitsune creates it on its first start with -k %s; doctor does not)", path, keyFile)}
 	}
