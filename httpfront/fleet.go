@@ -38,6 +38,11 @@ type FleetConfig struct {
 	// Transport makes the calls; http.DefaultTransport when nil. The
 	// request's context (boxo's routing timeout) bounds each.
 	Transport http.RoundTripper
+	// Hidden, when set, names peers whose records are never handed out:
+	// the fleet's own nodes and Kitsune's back host, whose addresses are
+	// internal. A peers query for one is not found; closest-peers answers
+	// leave them out.
+	Hidden func(peer.ID) bool
 	// Log hears why the nodes failed; the caller only learns that they
 	// did, never the fleet's internal addresses. zap.NewNop when nil.
 	Log *zap.Logger
@@ -130,15 +135,21 @@ func (f *Fleet) each(ctx context.Context, key cid.Cid, try func(*client.Client) 
 	return fmt.Errorf("%w (%d tried)", ErrFleetFailed, len(errs))
 }
 
-// readPeers drains it into a slice of at most max records, so a failure
-// mid-stream can still fail over, and closes it.
-func readPeers(it iter.ResultIter[*types.PeerRecord], max int) ([]iter.Result[*types.PeerRecord], error) {
+func (f *Fleet) hidden(id peer.ID) bool { return f.cfg.Hidden != nil && f.cfg.Hidden(id) }
+
+// readPeers drains it into a slice of at most MaxRecords records, hidden
+// peers left out, so a failure mid-stream can still fail over, and closes
+// it.
+func (f *Fleet) readPeers(it iter.ResultIter[*types.PeerRecord]) ([]iter.Result[*types.PeerRecord], error) {
 	defer it.Close()
 	var out []iter.Result[*types.PeerRecord]
-	for len(out) < max && it.Next() {
+	for len(out) < f.cfg.MaxRecords && it.Next() {
 		r := it.Val()
 		if r.Err != nil {
 			return nil, r.Err
+		}
+		if r.Val == nil || r.Val.ID == nil || f.hidden(*r.Val.ID) {
+			continue
 		}
 		out = append(out, r)
 	}
@@ -147,13 +158,16 @@ func readPeers(it iter.ResultIter[*types.PeerRecord], max int) ([]iter.Result[*t
 
 // FindPeers asks a fleet node for pid's addresses.
 func (f *Fleet) FindPeers(ctx context.Context, pid peer.ID) (iter.ResultIter[*types.PeerRecord], error) {
+	if f.hidden(pid) {
+		return nil, routing.ErrNotFound
+	}
 	var recs []iter.Result[*types.PeerRecord]
 	err := f.each(ctx, peer.ToCid(pid), func(c *client.Client) error {
 		it, err := c.FindPeers(ctx, pid)
 		if err != nil {
 			return err
 		}
-		recs, err = readPeers(it, f.cfg.MaxRecords)
+		recs, err = f.readPeers(it)
 		return err
 	})
 	if err != nil {
@@ -171,7 +185,7 @@ func (f *Fleet) GetClosestPeers(ctx context.Context, key cid.Cid) (iter.ResultIt
 		if err != nil {
 			return err
 		}
-		recs, err = readPeers(it, f.cfg.MaxRecords)
+		recs, err = f.readPeers(it)
 		return err
 	})
 	if err != nil {

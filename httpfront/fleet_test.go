@@ -114,6 +114,11 @@ func (m routingMap) RoutingURL(_ context.Context, rpc string) (string, error) {
 // the order given.
 func startFleetFront(t *testing.T, nodes ...*fakeNode) string {
 	t.Helper()
+	return startFleetFrontHiding(t, nil, nodes...)
+}
+
+func startFleetFrontHiding(t *testing.T, hidden func(peer.ID) bool, nodes ...*fakeNode) string {
+	t.Helper()
 	urls := routingMap{}
 	var order []string
 	for i, n := range nodes {
@@ -126,7 +131,7 @@ func startFleetFront(t *testing.T, nodes ...*fakeNode) string {
 		urls[rpc] = srv.URL
 		order = append(order, rpc)
 	}
-	fleet, err := NewFleet(FleetConfig{Locator: LocatorFunc(func(cid.Cid) []string { return order }), Routing: urls})
+	fleet, err := NewFleet(FleetConfig{Locator: LocatorFunc(func(cid.Cid) []string { return order }), Routing: urls, Hidden: hidden})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,5 +396,42 @@ func TestKuboRoutingCacheBounded(t *testing.T) {
 	}
 	if k.Len() != 1 || asked.Load() != before+1 {
 		t.Fatalf("after expiry: %d entries, %d asks; want 1 entry and one more ask", k.Len(), asked.Load()-before)
+	}
+}
+
+// The fleet's own peers are never handed out: a peers query for one is
+// not found without asking a node, and closest-peers answers leave them
+// out.
+func TestFleetHidesItsOwnPeers(t *testing.T) {
+	node := &fakeNode{}
+	var hideAll atomic.Bool
+	inside := newPeerID(t)
+	url := startFleetFrontHiding(t, func(id peer.ID) bool { return hideAll.Load() || id == inside }, node)
+	c, err := client.New(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	it, err := c.FindPeers(ctx, inside)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, it); len(got) != 0 || node.calls.Load() != 0 {
+		t.Fatalf("a fleet peer's record: %v (node asked %d times)", got, node.calls.Load())
+	}
+	cit, err := c.GetClosestPeers(ctx, testCID(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(readAll(t, cit)); n != 3 {
+		t.Fatalf("%d closest peers, want the node's 3", n)
+	}
+	hideAll.Store(true)
+	cit, err = c.GetClosestPeers(ctx, testCID(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, cit); len(got) != 0 {
+		t.Fatalf("hidden peers handed out: %v", got)
 	}
 }

@@ -159,6 +159,18 @@ func TestFleetRoutingE2E(t *testing.T) {
 		return false
 	})
 
+	// The fleet's own nodes and Kitsune's back host are never looked up:
+	// their addresses are internal.
+	for _, id := range []peer.ID{a.ID, b.ID, k.back.ID()} {
+		it, err := c.FindPeers(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := readIter(t, it); len(got) != 0 {
+			t.Fatalf("peers/%s through Kitsune: %v, want nothing", id, got)
+		}
+	}
+
 	// Closest peers (IPIP-476) come from a fleet node's WAN DHT (Kubo
 	// exposes only that one on a public API).
 	var closest []peer.ID
@@ -173,7 +185,10 @@ func TestFleetRoutingE2E(t *testing.T) {
 		for _, r := range readIter(t, it) {
 			closest = append(closest, *r.ID)
 		}
-		return slices.Contains(closest, outsider.ID) || slices.Contains(closest, a.ID) || slices.Contains(closest, b.ID)
+		if slices.Contains(closest, a.ID) || slices.Contains(closest, b.ID) {
+			t.Fatalf("closest peers through Kitsune name a fleet node: %v", closest)
+		}
+		return slices.Contains(closest, outsider.ID)
 	})
 
 	// A bad record: 400, and an unpublished name is not found.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
@@ -79,7 +80,7 @@ const maxCheckedNodes = 3
 
 // startHTTP starts the HTTP front when it is configured; a nil Server
 // (off) is safe to Close. reg may be nil (admin port off).
-func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, relay gateway.Fetcher, reg prometheus.Registerer, log *zap.Logger) (*preload.Server, error) {
+func startHTTP(cfg httpConfig, front host.Host, backID peer.ID, pool *downstream.Pool, relay gateway.Fetcher, reg prometheus.Registerer, log *zap.Logger) (*preload.Server, error) {
 	if cfg.Addr == "" {
 		return nil, nil
 	}
@@ -100,6 +101,8 @@ func startHTTP(cfg httpConfig, front host.Host, pool *downstream.Pool, relay gat
 		Routing:  &httpfront.KuboRouting{},
 		MaxNodes: maxCheckedNodes,
 		Log:      log,
+		// The fleet's addresses are internal: never handed out.
+		Hidden: func(id peer.ID) bool { return id == backID || pool.IsNode(id) },
 	})
 	if err != nil {
 		return nil, err

@@ -243,7 +243,7 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	if adm != nil {
 		reg = adm.reg
 	}
-	web, err := startHTTP(cfg.HTTP, front, pool, relay, reg, log.Named("http"))
+	web, err := startHTTP(cfg.HTTP, front, back.ID(), pool, relay, reg, log.Named("http"))
 	if err != nil {
 		_ = pre.Close(context.Background())
 		front.Close()
