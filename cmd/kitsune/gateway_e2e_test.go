@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -277,5 +280,88 @@ func TestKuboHTTPRetrievalThroughGateway(t *testing.T) {
 	}
 	if n := k.relay.Counters().BlocksOut.Load(); n != 0 {
 		t.Errorf("%d blocks went out over Bitswap to a client without transports", n)
+	}
+}
+
+// --http on a /tls/http address serves the gateway over HTTPS with HTTP/2,
+// and the record names it /tls/http: a Kubo client with HTTPRetrieval and
+// no libp2p transport fetches over it, verifying the certificate. It is
+// self-signed and handed to the client as its root store (SSL_CERT_FILE),
+// standing in for a publicly trusted one.
+func TestKuboHTTPRetrievalOverTLS(t *testing.T) {
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	cert := writeCert(t, certFile, keyFile, 1)
+	a := kubotest.Start(t, kubotest.Options{})
+	ctx := testCtx(t, 3*time.Minute)
+	data := randomBytes(t, 1<<20+5)
+	root, err := a.AddBytes(ctx, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := startKitsune(t, []*kubotest.Node{a}, gatewayOn, func(c *runCmd) {
+		c.HTTP = "/ip4/127.0.0.1/tcp/0/tls/http"
+		c.TLSCert, c.TLSKey = certFile, keyFile
+	})
+	eventually(t, 30*time.Second, "node healthy", func() bool { return k.pool.HealthyCount() == 1 })
+	base := k.http.URL()
+	if !strings.HasPrefix(base, "https://") {
+		t.Fatalf("--http on /tls/http serves %s", base)
+	}
+
+	// A Go client trusting the certificate speaks HTTP/2 to it.
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}}
+	resp, err := hc.Get(base + "/ipfs/bafkqaaa?format=raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Proto != "HTTP/2.0" {
+		t.Fatalf("probe over TLS: %d %s", resp.StatusCode, resp.Proto)
+	}
+
+	// The record's gateway address is /tls/http.
+	rc, err := client.New(base, client.WithHTTPClient(hc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := rc.FindProviders(ctx, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	provs := readIter(t, it)
+	if len(provs) != 1 {
+		t.Fatalf("%d provider records", len(provs))
+	}
+	rec := provs[0].(*types.PeerRecord)
+	want := ma.StringCast(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d/tls/http", k.http.Addr().(*net.TCPAddr).Port))
+	if !slices.ContainsFunc(rec.Addrs, func(m types.Multiaddr) bool { return m.Equal(want) }) {
+		t.Fatalf("addrs %v lack %s", rec.Addrs, want)
+	}
+
+	client := kubotest.Start(t, kubotest.Options{Config: map[string]any{
+		"Routing.Type":                          "delegated",
+		"Routing.DelegatedRouters":              []string{base},
+		"Ipns.DelegatedPublishers":              []string{},
+		"Provide.Enabled":                       false,
+		"HTTPRetrieval.Enabled":                 true,
+		"Swarm.Transports.Network.TCP":          false,
+		"Swarm.Transports.Network.QUIC":         false,
+		"Swarm.Transports.Network.Websocket":    false,
+		"Swarm.Transports.Network.WebTransport": false,
+		"Swarm.Transports.Network.WebRTCDirect": false,
+		"Addresses.Swarm":                       []string{},
+	}, Env: []string{"SSL_CERT_FILE=" + certFile}})
+	got, err := client.Cat(ctx, "/ipfs/"+root.String())
+	if err != nil {
+		t.Fatalf("kubo client cat over HTTPS retrieval: %v", err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("kubo client got %d bytes, not the file", len(got))
+	}
+	if n := k.relay.Counters().LocalBlocks.Load(); n == 0 {
+		t.Error("no block came through the gateway")
 	}
 }

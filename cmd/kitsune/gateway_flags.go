@@ -98,6 +98,7 @@ func withGateway(cfg gatewayConfig, next http.Handler, f gateway.Fetcher, truste
 type gatewayAddrs struct {
 	announce []ma.Multiaddr
 	front    host.Host
+	tls      bool // HTTPS: /tls/http rather than /http
 	bound    atomic.Pointer[net.TCPAddr]
 }
 
@@ -120,7 +121,7 @@ func (g *gatewayAddrs) addrs() []ma.Multiaddr {
 	port := bound.Port
 	if ip, ok := netip.AddrFromSlice(bound.IP); ok && !ip.Unmap().IsUnspecified() {
 		// Bound to one address: that one only.
-		if m, err := ma.NewMultiaddr(ipProto(ip.Unmap()) + ip.Unmap().String() + "/tcp/" + strconv.Itoa(port) + "/http"); err == nil {
+		if m, err := ma.NewMultiaddr(ipProto(ip.Unmap()) + ip.Unmap().String() + "/tcp/" + strconv.Itoa(port) + g.scheme()); err == nil {
 			return []ma.Multiaddr{m}
 		}
 		return nil
@@ -142,7 +143,7 @@ func (g *gatewayAddrs) addrs() []ma.Multiaddr {
 			continue
 		}
 		seen[s] = true
-		m, err := ma.NewMultiaddr(s + "/tcp/" + strconv.Itoa(port) + "/http")
+		m, err := ma.NewMultiaddr(s + "/tcp/" + strconv.Itoa(port) + g.scheme())
 		if err == nil {
 			out = append(out, m)
 		}
@@ -155,4 +156,11 @@ func ipProto(ip netip.Addr) string {
 		return "/ip4/"
 	}
 	return "/ip6/"
+}
+
+func (g *gatewayAddrs) scheme() string {
+	if g.tls {
+		return "/tls/http"
+	}
+	return "/http"
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -62,5 +63,29 @@ func TestGatewayAddrs(t *testing.T) {
 	g.announce = []ma.Multiaddr{ma.StringCast("/dns4/gw.example.com/tcp/443/tls/http")}
 	if a := g.addrs(); len(a) != 1 || a[0].String() != "/dns4/gw.example.com/tcp/443/tls/http" {
 		t.Errorf("configured: %v", a)
+	}
+}
+
+// --http on /tls/http needs --tls-cert; with it, the port serves HTTPS.
+func TestHTTPTLSFlags(t *testing.T) {
+	c := defaultRunCmd(t)
+	c.Downstream = []string{"/ip4/127.0.0.1/tcp/5001"}
+	c.HTTP = "/ip4/127.0.0.1/tcp/0/tls/http"
+	if _, err := c.config(); err == nil || !strings.Contains(err.Error(), "--tls-cert") {
+		t.Errorf("no certificate: %v", err)
+	}
+	dir := t.TempDir()
+	c.TLSCert, c.TLSKey = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	writeCert(t, c.TLSCert, c.TLSKey, 1)
+	cfg, err := c.config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.HTTP.HTTPS || cfg.HTTP.TLS == nil || cfg.HTTP.Addr != "127.0.0.1:0" {
+		t.Errorf("https %v, tls %v, addr %q", cfg.HTTP.HTTPS, cfg.HTTP.TLS != nil, cfg.HTTP.Addr)
+	}
+	c.HTTP = "127.0.0.1:0" // plain: the certificate is then unused
+	if _, err := c.config(); err == nil {
+		t.Error("a certificate nothing uses was accepted")
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -22,7 +23,7 @@ import (
 // HTTP-routing clients (Helia) find Kitsune as the provider of what the
 // fleet holds.
 type httpFlags struct {
-	HTTP          string        `name:"http" env:"KITSUNE_HTTP" placeholder:"[HOST:]PORT" help:"Serve delegated routing (/routing/v1) on this port, or host:port, or TCP multiaddr, as -p takes. Providers queries answer Kitsune's own peer record when a fleet node holds the CID (an offline block lookup on the node the policy picks, cached); peers (other than Kitsune), IPNS (GET, PUT) and closest peers are asked of a healthy fleet node's own /routing/v1 (its gateway port, which must be fixed in Addresses.Gateway). Empty or 0 (the default) turns it off."`
+	HTTP          string        `name:"http" env:"KITSUNE_HTTP" placeholder:"[HOST:]PORT" help:"Serve delegated routing (/routing/v1) on this port, or host:port, or TCP multiaddr, as -p takes. Providers queries answer Kitsune's own peer record when a fleet node holds the CID (an offline block lookup on the node the policy picks, cached); peers (other than Kitsune), IPNS (GET, PUT) and closest peers are asked of a healthy fleet node's own /routing/v1 (its gateway port, which must be fixed in Addresses.Gateway). Empty or 0 (the default) turns it off. A multiaddr ending /tls/http (or /https) serves HTTPS, HTTP/2 included, with --tls-cert."`
 	HTTPMaxPerIP  int           `name:"http-max-per-ip" env:"KITSUNE_HTTP_MAX_PER_IP" default:"16" help:"Concurrent routing requests per client IP (per /64 for IPv6); more get 429."`
 	HTTPTimeout   time.Duration `name:"http-timeout" env:"KITSUNE_HTTP_TIMEOUT" default:"10s" help:"Longest routing answer (Helia gives up after 30s)."`
 	HTTPCheckTime time.Duration `name:"http-check-timeout" env:"KITSUNE_HTTP_CHECK_TIMEOUT" default:"2s" help:"How long a fleet node has to say whether it holds a CID; no answer counts as no for that request and is not cached."`
@@ -42,10 +43,20 @@ type httpConfig struct {
 	CacheTTL     time.Duration
 	Trusted      []netip.Prefix
 	Gateway      gatewayConfig
+	// HTTPS is set by an /https or /tls/http --http address; TLS is then
+	// the front host's --tls-cert configuration.
+	HTTPS bool
+	TLS   *tls.Config
 }
 
 func (f *httpFlags) config() (httpConfig, error) {
-	addr, err := preloadAddr(f.HTTP)
+	// A multiaddr ending /tls/http or /https serves HTTPS (with HTTP/2),
+	// with --tls-cert (set in runCmd.config), as -p does.
+	rest, https, err := cutHTTPS(f.HTTP)
+	if err != nil {
+		return httpConfig{}, fmt.Errorf("--http %q: %w", f.HTTP, err)
+	}
+	addr, err := preloadAddr(rest)
 	if err != nil {
 		return httpConfig{}, fmt.Errorf("--http %q: %w", f.HTTP, err)
 	}
@@ -71,7 +82,7 @@ func (f *httpFlags) config() (httpConfig, error) {
 	if err != nil {
 		return httpConfig{}, err
 	}
-	return httpConfig{Addr: addr, MaxPerIP: f.HTTPMaxPerIP, Timeout: f.HTTPTimeout, CheckTimeout: f.HTTPCheckTime,
+	return httpConfig{Addr: addr, HTTPS: https && addr != "", MaxPerIP: f.HTTPMaxPerIP, Timeout: f.HTTPTimeout, CheckTimeout: f.HTTPCheckTime,
 		CacheSize: f.HTTPCacheSize, CacheTTL: f.HTTPCacheTTL, Trusted: trusted, Gateway: gw}, nil
 }
 
@@ -108,7 +119,7 @@ func startHTTP(cfg httpConfig, front host.Host, backID peer.ID, pool *downstream
 		return nil, err
 	}
 	self := httpfront.Self{ID: front.ID(), Addrs: front.Addrs}
-	gwAddrs := &gatewayAddrs{announce: cfg.Gateway.Announce, front: front}
+	gwAddrs := &gatewayAddrs{announce: cfg.Gateway.Announce, front: front, tls: cfg.TLS != nil}
 	if cfg.Gateway.On {
 		self.GatewayAddrs = gwAddrs.addrs
 	}
@@ -137,7 +148,7 @@ func startHTTP(cfg httpConfig, front host.Host, backID peer.ID, pool *downstream
 	}
 	// The preload port's server: the same slow-client timeouts and
 	// shutdown.
-	s, err := preload.Listen(cfg.Addr, all, log)
+	s, err := preload.ListenTLS(cfg.Addr, all, log, preload.Timeouts{}, cfg.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("http port: %w", err)
 	}

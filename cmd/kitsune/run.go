@@ -99,7 +99,7 @@ func (c *runCmd) config() (config, error) {
 			cfg.Listen = append(cfg.Listen, a)
 		}
 	}
-	if cfg.Front, err = c.frontFlags.config(&cfg.Listen, cfg.Preload.HTTPS); err != nil {
+	if cfg.Front, err = c.frontFlags.config(&cfg.Listen, cfg.Preload.HTTPS || cfg.HTTP.HTTPS); err != nil {
 		return config{}, err
 	}
 	if cfg.Front.Front.ProxyProtocol, err = c.proxyProtoFlags.config(cfg.Listen); err != nil {
@@ -110,6 +110,12 @@ func (c *runCmd) config() (config, error) {
 			return config{}, fmt.Errorf("-p/--preload %q serves HTTPS: give --tls-cert and --tls-key", c.Preload)
 		}
 		cfg.Preload.TLS = cfg.Front.Front.TLS
+	}
+	if cfg.HTTP.HTTPS {
+		if cfg.Front.Front.TLS == nil {
+			return config{}, fmt.Errorf("--http %q serves HTTPS: give --tls-cert and --tls-key", c.HTTP)
+		}
+		cfg.HTTP.TLS = cfg.Front.Front.TLS
 	}
 	if cfg.Admin, err = c.adminFlags.config(); err != nil {
 		return config{}, err
