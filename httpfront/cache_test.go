@@ -1,22 +1,15 @@
 package httpfront
 
 import (
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/ipfs/go-cid"
-	mh "github.com/multiformats/go-multihash"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
-func testCID(t testing.TB, i int) cid.Cid {
-	t.Helper()
-	h, err := mh.Sum([]byte(fmt.Sprint("block ", i)), mh.SHA2_256, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cid.NewCidV1(cid.Raw, h)
-}
+func testCID(t testing.TB, i int) cid.Cid { return testkit.CID(t, i) }
 
 func TestHoldCacheExpiry(t *testing.T) {
 	t0 := time.Unix(1000, 0)

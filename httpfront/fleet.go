@@ -156,14 +156,11 @@ func (f *Fleet) readPeers(it iter.ResultIter[*types.PeerRecord]) ([]iter.Result[
 	return out, nil
 }
 
-// FindPeers asks a fleet node for pid's addresses.
-func (f *Fleet) FindPeers(ctx context.Context, pid peer.ID) (iter.ResultIter[*types.PeerRecord], error) {
-	if f.hidden(pid) {
-		return nil, routing.ErrNotFound
-	}
+// peers asks a fleet node for key's peer records with ask, failing over.
+func (f *Fleet) peers(ctx context.Context, key cid.Cid, ask func(*client.Client) (iter.ResultIter[*types.PeerRecord], error)) (iter.ResultIter[*types.PeerRecord], error) {
 	var recs []iter.Result[*types.PeerRecord]
-	err := f.each(ctx, peer.ToCid(pid), func(c *client.Client) error {
-		it, err := c.FindPeers(ctx, pid)
+	err := f.each(ctx, key, func(c *client.Client) error {
+		it, err := ask(c)
 		if err != nil {
 			return err
 		}
@@ -176,22 +173,22 @@ func (f *Fleet) FindPeers(ctx context.Context, pid peer.ID) (iter.ResultIter[*ty
 	return iter.FromSlice(recs), nil
 }
 
+// FindPeers asks a fleet node for pid's addresses.
+func (f *Fleet) FindPeers(ctx context.Context, pid peer.ID) (iter.ResultIter[*types.PeerRecord], error) {
+	if f.hidden(pid) {
+		return nil, routing.ErrNotFound
+	}
+	return f.peers(ctx, peer.ToCid(pid), func(c *client.Client) (iter.ResultIter[*types.PeerRecord], error) {
+		return c.FindPeers(ctx, pid)
+	})
+}
+
 // GetClosestPeers asks a fleet node for the DHT peers closest to key
 // (IPIP-476).
 func (f *Fleet) GetClosestPeers(ctx context.Context, key cid.Cid) (iter.ResultIter[*types.PeerRecord], error) {
-	var recs []iter.Result[*types.PeerRecord]
-	err := f.each(ctx, key, func(c *client.Client) error {
-		it, err := c.GetClosestPeers(ctx, key)
-		if err != nil {
-			return err
-		}
-		recs, err = f.readPeers(it)
-		return err
+	return f.peers(ctx, key, func(c *client.Client) (iter.ResultIter[*types.PeerRecord], error) {
+		return c.GetClosestPeers(ctx, key)
 	})
-	if err != nil {
-		return nil, err
-	}
-	return iter.FromSlice(recs), nil
 }
 
 // GetIPNS asks a fleet node for name's record; boxo's client validates it

@@ -1,22 +1,16 @@
 package provide
 
 import (
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/ipfs/go-cid"
+
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 	mh "github.com/multiformats/go-multihash"
 )
 
-func testCID(t testing.TB, i int) cid.Cid {
-	t.Helper()
-	h, err := mh.Sum([]byte(fmt.Sprint("root ", i)), mh.SHA2_256, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cid.NewCidV1(cid.DagProtobuf, h)
-}
+func testCID(t testing.TB, i int) cid.Cid { return testkit.CID(t, i) }
 
 func cids(t testing.TB, from, to int) []cid.Cid {
 	var out []cid.Cid

@@ -1,14 +1,17 @@
 // Package testkit holds the helpers the tests of every package repeat:
-// waiting on a condition, and a libp2p host on loopback.
+// waiting on a condition, a libp2p host on loopback, test CIDs.
 package testkit
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	mh "github.com/multiformats/go-multihash"
 )
 
 // pollEvery is how often Eventually looks again.
@@ -57,4 +60,15 @@ func Host(tb testing.TB, listen ...string) host.Host {
 	}
 	tb.Cleanup(func() { _ = h.Close() })
 	return h
+}
+
+// CID is a distinct raw-block CIDv1 for each i (of no real block), for
+// tests that need many keys.
+func CID(tb testing.TB, i int) cid.Cid {
+	tb.Helper()
+	h, err := mh.Sum([]byte(fmt.Sprint("block ", i)), mh.SHA2_256, -1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return cid.NewCidV1(cid.Raw, h)
 }
