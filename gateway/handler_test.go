@@ -395,3 +395,40 @@ func TestResponseBound(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// The trustless spec's CAR parameters (gateway-conformance's trustless
+// cases, by hand: its module is not on the proxy): dag-scope=block is the
+// root alone, entity-bytes a range of the file's leaves, and the
+// Accept-header form of the parameters the same as the query form.
+func TestCarScopes(t *testing.T) {
+	root, _, all := file(t, 1<<20) // 4 leaves of 256 KiB under the root
+	s := newServer(t, &mapFetcher{blocks: all}, nil)
+	count := func(query string, hdr ...string) int {
+		t.Helper()
+		resp, body := get(t, http.MethodGet, s.URL+"/ipfs/"+root.String()+query, hdr...)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %d %.200s", query, resp.StatusCode, body)
+		}
+		order, _, err := cartest.Read(bytes.NewReader(body), root)
+		if err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		return len(order)
+	}
+	if n := count("?format=car&dag-scope=block"); n != 1 {
+		t.Errorf("dag-scope=block: %d blocks, want the root alone", n)
+	}
+	if n := count("?format=car&dag-scope=all"); n != len(all) {
+		t.Errorf("dag-scope=all: %d blocks, want %d", n, len(all))
+	}
+	if n := count("?format=car&dag-scope=entity&entity-bytes=0:1000"); n != 2 {
+		t.Errorf("entity-bytes=0:1000: %d blocks, want the root and the first leaf", n)
+	}
+	if n := count("", "Accept", "application/vnd.ipld.car; version=1; order=dfs; dups=n"); n != len(all) {
+		t.Errorf("Accept with CAR parameters: %d blocks, want %d", n, len(all))
+	}
+	resp, body := get(t, http.MethodGet, s.URL+"/ipfs/"+root.String()+"?format=car&dag-scope=nonsense")
+	if resp.StatusCode != 400 {
+		t.Errorf("bad dag-scope: %d %.200s", resp.StatusCode, body)
+	}
+}
