@@ -138,10 +138,16 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 		t3 := overheadTarget("time overhead over direct", pctStat(ko), pctStat(fo), "%", "%+.0f", 1.2)
 		kc, fc := sr.metric(pathKitsune, "proxy_cpu_s_per_gib"), sr.metric(pathFloor, "proxy_cpu_s_per_gib")
 		t4 := Target{What: "proxy CPU per GiB", Want: "≤ 1.3 × floor's", Measured: "not measured", Value: math.NaN()}
-		if finite(kc.Median) && finite(fc.Median) && fc.Median > 0 {
+		switch {
+		case !finite(kc.Median) || !finite(fc.Median):
+		case fc.Median > 0:
 			t4.Value = kc.Median / fc.Median
 			t4.Measured = fmt.Sprintf("kitsune %.1f s, floor %.1f s (%.2f×)", kc.Median, fc.Median, t4.Value)
 			t4.Met = t4.Value <= 1.3
+		default:
+			// A small file (the smoke test's) can take the floor less
+			// than /proc's 10 ms tick.
+			t4.Measured = fmt.Sprintf("kitsune %.1f s, floor under /proc's resolution", kc.Median)
 		}
 		return []Target{t1, t4, t2, t3}
 	}
