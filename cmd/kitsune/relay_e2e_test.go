@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	"github.com/multiformats/go-multihash"
 
 	"github.com/kitsune-lb/kitsune/internal/heliatest"
@@ -66,6 +67,20 @@ func TestKuboFetchesThroughKitsune(t *testing.T) {
 	for _, p := range peers {
 		if p != k.front.ID() {
 			t.Fatalf("client is connected to %s, not only to Kitsune", p)
+		}
+	}
+	// Kitsune dials the fleet and so picks the security: TLS 1.3, which
+	// Kubo offers beside Noise (AES-GCM costs half of Noise's ChaCha20 per
+	// byte here; docs/performance.md).
+	for _, n := range []*kubotest.Node{a, b} {
+		conns := k.back.Network().ConnsToPeer(n.ID)
+		if len(conns) == 0 {
+			t.Fatalf("back host not connected to %s", n.ID)
+		}
+		for _, conn := range conns {
+			if sec := conn.ConnState().Security; sec != libp2ptls.ID {
+				t.Errorf("connection to node %s secured with %q, want %q", n.ID, sec, libp2ptls.ID)
+			}
 		}
 	}
 	c := k.relay.Counters()
