@@ -31,7 +31,15 @@ func NewExchange(f Fetcher) Exchange { return Exchange{f: f} }
 var _ exchange.Interface = Exchange{}
 
 // GetBlock fetches one block; ipld.ErrNotFound when no node has it.
+// In a CAR request it also fetches ahead (see prefetch).
 func (e Exchange) GetBlock(ctx context.Context, c cid.Cid) (blocks.Block, error) {
+	if p := prefetchFrom(ctx); p != nil {
+		return p.get(ctx, c, e.getOne)
+	}
+	return e.getOne(ctx, c)
+}
+
+func (e Exchange) getOne(ctx context.Context, c cid.Cid) (blocks.Block, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ch, err := e.f.Fetch(ctx, c)

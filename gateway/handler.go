@@ -49,6 +49,9 @@ type Config struct {
 	// MaxResponseBytes bounds the body of one response (in practice a
 	// CAR: a raw block is at most 2 MiB).
 	MaxResponseBytes int64
+	// Prefetch is how many blocks a CAR request fetches ahead of boxo's
+	// walk (DefaultPrefetch when zero, none when negative).
+	Prefetch int
 	// TrustedProxies are the peers whose X-Forwarded-For names the client.
 	TrustedProxies []netip.Prefix
 	// Registry receives boxo's gateway metrics; a private one when nil.
@@ -66,6 +69,9 @@ type Handler struct {
 func New(cfg Config) (*Handler, error) {
 	if cfg.Fetcher == nil {
 		return nil, errors.New("gateway: Config needs a Fetcher")
+	}
+	if cfg.Prefetch == 0 {
+		cfg.Prefetch = DefaultPrefetch
 	}
 	if cfg.MaxPerIP < 0 || cfg.MaxWaitingPerIP < 0 || cfg.RetrievalTimeout < 0 || cfg.MaxDuration < 0 || cfg.MaxResponseBytes < 0 {
 		return nil, errors.New("gateway: limits must not be negative")
@@ -152,6 +158,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
+	if h.cfg.Prefetch > 0 && wantsCAR(r) {
+		r = r.WithContext(withPrefetch(r.Context(), h.cfg.Fetcher, h.cfg.Prefetch))
+	}
 	h.next.ServeHTTP(&boundedWriter{ResponseWriter: w, left: h.cfg.MaxResponseBytes}, r)
 }
 

@@ -38,6 +38,7 @@ type mapFetcher struct {
 	blocks  map[cid.Cid]blocks.Block
 	hang    bool
 	running int
+	peak    int
 	calls   int
 }
 
@@ -45,6 +46,7 @@ func (m *mapFetcher) Fetch(ctx context.Context, cs ...cid.Cid) (<-chan bitswap.R
 	out := make(chan bitswap.Result)
 	m.mu.Lock()
 	m.running++
+	m.peak = max(m.peak, m.running)
 	m.calls++
 	m.mu.Unlock()
 	go func() {
@@ -430,5 +432,41 @@ func TestCarScopes(t *testing.T) {
 	resp, body := get(t, http.MethodGet, s.URL+"/ipfs/"+root.String()+"?format=car&dag-scope=nonsense")
 	if resp.StatusCode != 400 {
 		t.Errorf("bad dag-scope: %d %.200s", resp.StatusCode, body)
+	}
+}
+
+// A CAR request fetches ahead of boxo's walk: several blocks at once, each
+// exactly once, nothing left running after; a raw block request fetches
+// its block alone.
+func TestPrefetch(t *testing.T) {
+	root, _, all := file(t, 4<<20+1)
+	f := &mapFetcher{blocks: all}
+	s := newServer(t, f, nil)
+	_, body := get(t, http.MethodGet, s.URL+"/ipfs/"+root.String()+"?format=car")
+	_, got, err := cartest.Read(bytes.NewReader(body), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := cartest.Complete(got, root); err != nil || n != len(all) {
+		t.Fatalf("%d of %d blocks: %v", n, len(all), err)
+	}
+	testkit.Eventually(t, 5*time.Second, func() string { return "fetches ended" }, f.idle)
+	f.mu.Lock()
+	calls, peak := f.calls, f.peak
+	f.calls, f.peak = 0, 0
+	f.mu.Unlock()
+	if calls != len(all) {
+		t.Errorf("%d fetches for %d blocks", calls, len(all))
+	}
+	if peak < 2 {
+		t.Errorf("at most %d fetch at once: nothing was fetched ahead", peak)
+	}
+	resp, _ := get(t, http.MethodGet, s.URL+"/ipfs/"+root.String()+"?format=raw")
+	if resp.StatusCode != 200 {
+		t.Fatal(resp.StatusCode)
+	}
+	testkit.Eventually(t, 5*time.Second, func() string { return "fetches ended" }, f.idle)
+	if f.calls != 1 {
+		t.Errorf("a raw block request made %d fetches", f.calls)
 	}
 }

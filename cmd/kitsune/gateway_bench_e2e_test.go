@@ -42,8 +42,9 @@ func carThroughput(t *testing.T, url string, root cid.Cid) (int, float64) {
 }
 
 // The figure in docs/performance.md: a 64 MiB file as a CAR through
-// Kitsune's gateway (over the relay, from one Kubo node) against the same
-// request to that node's own gateway, alternated, on loopback. One round
+// Kitsune's gateway (over the relay, from one Kubo node), with and without
+// prefetch, against the same request to that node's own gateway,
+// alternated, on loopback. One round
 // by default; KITSUNE_GATEWAY_BENCH_RUNS=3 for more. Only correctness is
 // asserted: timings on a shared machine are for reading, not for failing.
 func TestGatewayCARThroughput(t *testing.T) {
@@ -63,12 +64,15 @@ func TestGatewayCARThroughput(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := startKitsune(t, []*kubotest.Node{a}, gatewayOn)
-	eventually(t, 30*time.Second, "node healthy", func() bool { return k.pool.HealthyCount() == 1 })
+	flat := startKitsune(t, []*kubotest.Node{a}, gatewayOn, func(c *runCmd) { c.GatewayPrefetch = 0 })
+	eventually(t, 30*time.Second, "node healthy", func() bool { return k.pool.HealthyCount() == 1 && flat.pool.HealthyCount() == 1 })
 	direct := fmt.Sprintf("http://127.0.0.1:%d/ipfs/%s?format=car", port, root)
 	via := k.http.URL() + "/ipfs/" + root.String() + "?format=car"
+	viaFlat := flat.http.URL() + "/ipfs/" + root.String() + "?format=car"
 	for i := 0; i < runs; i++ {
 		n, kr := carThroughput(t, via, root)
+		_, fr := carThroughput(t, viaFlat, root)
 		_, dr := carThroughput(t, direct, root)
-		t.Logf("run %d: CAR of %d bytes: Kitsune gateway %.1f MiB/s, Kubo's own gateway %.1f MiB/s (ratio %.2f)", i+1, n, kr, dr, kr/dr)
+		t.Logf("run %d: CAR of %d bytes: Kitsune gateway %.1f MiB/s (no prefetch %.1f), Kubo's own gateway %.1f MiB/s; ratio %.2f (no prefetch %.2f)", i+1, n, kr, fr, dr, kr/dr, fr/dr)
 	}
 }

@@ -25,6 +25,7 @@ type gatewayFlags struct {
 	GatewayTimeout     time.Duration `name:"http-gateway-timeout" env:"KITSUNE_HTTP_GATEWAY_TIMEOUT" default:"30s" help:"Longest wait for a gateway response's first byte, and between two writes: 504 before the headers, a cut (invalid) stream after."`
 	GatewayMaxDuration time.Duration `name:"http-gateway-max-duration" env:"KITSUNE_HTTP_GATEWAY_MAX_DURATION" default:"10m" help:"Longest gateway request in all."`
 	GatewayMaxBytes    int64         `name:"http-gateway-max-bytes" env:"KITSUNE_HTTP_GATEWAY_MAX_BYTES" default:"1073741824" help:"Largest gateway response body in bytes (a CAR); a CAR reaching it is cut and made invalid."`
+	GatewayPrefetch    int           `name:"http-gateway-prefetch" env:"KITSUNE_HTTP_GATEWAY_PREFETCH" default:"16" help:"Blocks a CAR request fetches ahead of the DAG walk (a node's links, depth first), so the fleet's round trips overlap; 0 turns it off. Raw block requests never fetch ahead."`
 	GatewayAnnounce    []string      `name:"http-gateway-announce" env:"KITSUNE_HTTP_GATEWAY_ANNOUNCE" sep:"," placeholder:"MULTIADDR" help:"Comma-separated /http or /tls/http multiaddrs under which routing records offer the gateway (e.g. /dns4/gw.example.com/tcp/443/tls/http behind a TLS terminator). Default: the --http port at the front host's announced IPs and names, /http."`
 }
 
@@ -36,6 +37,7 @@ type gatewayConfig struct {
 	Timeout     time.Duration
 	MaxDuration time.Duration
 	MaxBytes    int64
+	Prefetch    int
 	Announce    []ma.Multiaddr
 }
 
@@ -43,10 +45,16 @@ func (f *gatewayFlags) config() (gatewayConfig, error) {
 	if !f.Gateway {
 		return gatewayConfig{}, nil
 	}
+	if f.GatewayPrefetch < 0 {
+		return gatewayConfig{}, fmt.Errorf("--http-gateway-prefetch must not be negative")
+	}
 	if f.GatewayMaxPerIP <= 0 || f.GatewayQueuePerIP <= 0 || f.GatewayTimeout <= 0 || f.GatewayMaxDuration <= 0 || f.GatewayMaxBytes <= 0 {
 		return gatewayConfig{}, fmt.Errorf("--http-gateway-max-per-ip, --http-gateway-queue-per-ip, --http-gateway-timeout, --http-gateway-max-duration and --http-gateway-max-bytes must be positive")
 	}
-	c := gatewayConfig{On: true, MaxPerIP: f.GatewayMaxPerIP, QueuePerIP: f.GatewayQueuePerIP, Timeout: f.GatewayTimeout, MaxDuration: f.GatewayMaxDuration, MaxBytes: f.GatewayMaxBytes}
+	c := gatewayConfig{On: true, MaxPerIP: f.GatewayMaxPerIP, QueuePerIP: f.GatewayQueuePerIP, Timeout: f.GatewayTimeout, MaxDuration: f.GatewayMaxDuration, MaxBytes: f.GatewayMaxBytes, Prefetch: f.GatewayPrefetch}
+	if c.Prefetch == 0 {
+		c.Prefetch = -1 // off (gateway.Config takes 0 as its default)
+	}
 	for _, s := range f.GatewayAnnounce {
 		a, err := ma.NewMultiaddr(strings.TrimSpace(s))
 		if err != nil {
@@ -77,6 +85,7 @@ func withGateway(cfg gatewayConfig, next http.Handler, f gateway.Fetcher, truste
 		RetrievalTimeout: cfg.Timeout,
 		MaxDuration:      cfg.MaxDuration,
 		MaxResponseBytes: cfg.MaxBytes,
+		Prefetch:         cfg.Prefetch,
 		TrustedProxies:   trusted,
 		Registry:         reg,
 	})
