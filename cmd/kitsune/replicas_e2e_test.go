@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -490,10 +491,17 @@ func (rw *replicaWorld) stop(t *testing.T, i int, within time.Duration) {
 	}
 }
 
-// waitReconnected waits until the client is connected to Kitsune again and
-// returns how long that took from since.
+// waitReconnected waits until the client has seen its connection to the
+// stopped replica go and is connected to Kitsune again, and returns how
+// long that took from since. (Right after the replica exits the client may
+// still list the dead connection for a moment.)
 func (rw *replicaWorld) waitReconnected(t *testing.T, c *kubotest.Node, since time.Time) time.Duration {
 	t.Helper()
+	ctx := testCtx(t, time.Minute)
+	eventually(t, 10*time.Second, "the client noticing the replica's connection is gone", func() bool {
+		peers, err := c.Peers(ctx)
+		return err == nil && !slices.Contains(peers, rw.id)
+	})
 	rw.waitConnected(t, c)
 	return time.Since(since)
 }
