@@ -198,6 +198,7 @@ func (p *Pool) connect(ctx context.Context, n *Node, log *zap.Logger) error {
 	up := n.health.joined(time.Now())
 	n.mu.Unlock()
 	log.Info("downstream joined", zap.Stringer("peer", id), zap.Stringers("addrs", addrs))
+	p.checkTwins(cctx, n, id, log)
 	if up {
 		p.emit(func(l Listener) { l.NodeUp(id) })
 	}

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
+	"io"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	ma "github.com/multiformats/go-multiaddr"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
 )
@@ -63,4 +68,45 @@ func TestReplicasAnnounceIdenticalAddresses(t *testing.T) {
 		t.Fatal("a replica with another key announces the same certificate hashes: the comparison proves nothing")
 	}
 	t.Logf("two replicas with one key announce the same %d addresses:\n%s", len(one), strings.Join(one, "\n"))
+}
+
+// Replicas that share the back key (the default .back file beside a shared
+// key file) confuse the fleet, which sends its replies over either
+// connection: the second one to join a node says so.
+func TestSharedBackKeyWarned(t *testing.T) {
+	node := kubotest.Start(t, kubotest.Options{})
+	key := filepath.Join(t.TempDir(), "kitsune.key")
+	startKitsune(t, []*kubotest.Node{node}, func(c *runCmd) { c.Key = key })
+
+	second := func(backKey string) *observer.ObservedLogs {
+		core, logs := observer.New(zap.WarnLevel)
+		c := defaultRunCmd(t)
+		c.Downstream = []string{node.APIAddr.String()}
+		c.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+		c.WS = nil
+		c.Key = key
+		c.BackKey = backKey
+		c.Admin = "127.0.0.1:0"
+		cfg, err := c.config()
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := start(context.Background(), cfg, io.Discard, zap.New(core))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			k.stop()
+			<-k.done
+		})
+		eventually(t, 30*time.Second, "the node joined", func() bool { return k.pool.ConnectedCount() == 1 })
+		return logs
+	}
+	const warning = "another process is connected to this node under the back host's peer ID"
+	if logs := second(""); logs.FilterMessageSnippet(warning).Len() == 0 {
+		t.Fatalf("no warning from a replica sharing the back key; warnings: %v", logs.All())
+	}
+	if logs := second(filepath.Join(t.TempDir(), "own.back")); logs.FilterMessageSnippet(warning).Len() != 0 {
+		t.Fatalf("a replica with its own back key was warned: %v", logs.All())
+	}
 }
