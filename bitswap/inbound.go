@@ -147,7 +147,10 @@ const (
 	fPresenceType = 2
 )
 
-var errCidMissing = errors.New("missing cid")
+var (
+	errCidMissing  = errors.New("missing cid")
+	errFieldNumber = errors.New("invalid field number")
+)
 
 // parseNodeMessage parses a Bitswap message (the body of a frame) the way
 // boxo's bsmsg.FromMsgReader does, with the same results and the same
@@ -227,6 +230,11 @@ func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, v []by
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return protowire.ParseError(n)
+		}
+		if num > protowire.MaxValidNumber {
+			// ConsumeTag lets numbers up to MaxInt32 through; protobuf's
+			// decoder refuses those past 2^29-1 (found by the fuzzer).
+			return errFieldNumber
 		}
 		b = b[n:]
 		var (

@@ -177,6 +177,7 @@ func TestParseNodeMessageBadInput(t *testing.T) {
 		{"truncated length", []byte{0x0a, 0x80}},
 		{"length past the end", []byte{0x0a, 0x05, 0x01}},
 		{"field number zero", []byte{0x02, 0x00}},
+		{"field number past 2^29-1", append(protowire.AppendTag(nil, protowire.MaxValidNumber+1, protowire.Fixed64Type), make([]byte, 8)...)},
 		{"end group at top level", protowire.AppendTag(nil, 9, protowire.EndGroupType)},
 		{"entry without cid", bytesField(nil, fMessageWantlist, bytesField(nil, fWantlistEntries, protowire.AppendVarint(tag(nil, fEntryPriority, protowire.VarintType), 3)))},
 		{"entry with a bad cid", bytesField(nil, fMessageWantlist, bytesField(nil, fWantlistEntries, bytesField(nil, fEntryBlock, []byte{1, 2, 3})))},
