@@ -295,3 +295,28 @@ func BenchmarkParseNodeMessage(b *testing.B) {
 		})
 	}
 }
+
+// Kitsune's parser and boxo's agree on any bytes: both fail, or both give
+// the same message. (FuzzRelayMessages checks this too, through a whole
+// relay; this one runs thousands of times faster.)
+// go test -run '^$' -fuzz FuzzParseNodeMessage ./bitswap
+func FuzzParseNodeMessage(f *testing.F) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 20 {
+		body, err := proto.Marshal(randomMessage(rng, 300).ToProtoV1())
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(body)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		want, werr := boxoParse(body)
+		got, gerr := parseNodeMessage(bytes.Clone(body))
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("boxo: %v; Kitsune: %v", werr, gerr)
+		}
+		if d := sameNodeMessage(want, got); d != "" {
+			t.Fatal(d)
+		}
+	})
+}
