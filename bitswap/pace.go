@@ -48,10 +48,10 @@ const (
 	// is written: past Helia's 10 s, a receiver that has not closed never
 	// will (it is treated as delivered, and its stream let go).
 	replyAckWait = 15 * time.Second
-	// replyProbe is how long the first message to a peer holds our close
-	// waiting for the receiver's: Helia's comes one round trip after the
-	// stream opens. boxo's receiver handles the message as soon as it is
-	// read, so holding the close delays only the close.
+	// replyProbe is the longest the first message to a peer holds our
+	// close waiting for the receiver's: Helia's comes one round trip after
+	// the stream opens (probeWait). boxo's receiver handles the message as
+	// soon as it is read, so holding the close delays only the close.
 	replyProbe = time.Second
 	// minRateSample is the smallest message whose time says anything about
 	// the link; smaller ones measure its latency.
@@ -65,6 +65,16 @@ const (
 	maxReplyFailures = 8
 	retryBase        = 100 * time.Millisecond
 )
+
+// probeWait is how long a probe holds our close, given the peer's
+// measured round trip (0 if unknown): four of them, at least 100 ms, at
+// most max; max when the round trip is unknown.
+func probeWait(rtt, most time.Duration) time.Duration {
+	if rtt <= 0 {
+		return most
+	}
+	return min(most, max(100*time.Millisecond, 4*rtt))
+}
 
 // replyKind is what a receiver's close means.
 type replyKind int
@@ -193,16 +203,16 @@ func (p *replyPace) messageBytes() int {
 	return p.target
 }
 
-// inFlightBytes is how many block bytes may be out unconfirmed. To a
-// receiver that reads first, two messages' worth: the next message is
-// written while the receiver reads the last, and no more, so a message
-// does not wait behind a pile of others on a slow link (its receiver's
-// clock runs from the stream's opening). To others, one message: their
-// messages settle once written, and all that is queued on a slow link
-// delays everything else on the connection, js-libp2p's ping too (it
-// drops a connection whose ping takes over 5 s).
+// inFlightBytes is how many block bytes may be out unconfirmed: two
+// messages' worth, so the next message is written while the receiver
+// reads the last, and no more, so a message does not wait behind a pile
+// of others on a slow link (its receiver's clock runs from the stream's
+// opening). To a receiver that closes first, one message: its messages
+// settle once written, and all that is queued on a slow link delays
+// everything else on the connection, js-libp2p's ping too (it drops a
+// connection whose ping is not answered in time).
 func (p *replyPace) inFlightBytes() int {
-	if p.kind != kindReadsFirst {
+	if p.kind == kindClosesFirst {
 		return p.messageBytes()
 	}
 	return 2 * p.messageBytes()

@@ -115,14 +115,25 @@ func TestReplyPace(t *testing.T) {
 			if p.failures != tc.fails {
 				t.Errorf("failures %d, want %d", p.failures, tc.fails)
 			}
-			wantIn := tc.target
-			if tc.kind == kindReadsFirst {
-				wantIn *= 2
+			wantIn := 2 * tc.target
+			if tc.kind == kindClosesFirst {
+				wantIn = tc.target
 			}
 			if got := p.inFlightBytes(); got != wantIn {
 				t.Errorf("in flight %d, want %d", got, wantIn)
 			}
 		})
+	}
+}
+
+func TestProbeWait(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	for _, tc := range []struct{ rtt, want time.Duration }{
+		{0, time.Second}, {ms(1), ms(100)}, {ms(50), ms(200)}, {ms(400), time.Second},
+	} {
+		if got := probeWait(tc.rtt, time.Second); got != tc.want {
+			t.Errorf("rtt %v: %v, want %v", tc.rtt, got, tc.want)
+		}
 	}
 }
 
@@ -172,8 +183,8 @@ func TestReplyPaceGivesUp(t *testing.T) {
 
 // Randomised: whatever the outcomes, a message's limit stays between one
 // byte (one block a message) and maxReplyBytes, at most unconfirmedBytes
-// unless the receiver proved it reads first, and in-flight bytes at one
-// message's worth, two for a receiver that reads first.
+// unless the receiver proved it reads first, and in-flight bytes at two
+// messages' worth, one for a receiver that closes first.
 func TestReplyPaceBounds(t *testing.T) {
 	for seed := range 200 {
 		p := newReplyPace(time.Duration(seed%7+1) * 500 * time.Millisecond)
@@ -187,7 +198,7 @@ func TestReplyPaceBounds(t *testing.T) {
 			if m < 1 || m > maxReplyBytes || (p.kind != kindReadsFirst && m > unconfirmedBytes) {
 				t.Fatalf("seed %d step %d: message bytes %d for kind %d", seed, i, m, p.kind)
 			}
-			if in := p.inFlightBytes(); in != m && (p.kind != kindReadsFirst || in != 2*m) {
+			if in := p.inFlightBytes(); in != 2*m && (p.kind != kindClosesFirst || in != m) {
 				t.Fatalf("seed %d: in flight %d", seed, p.inFlightBytes())
 			}
 		}
