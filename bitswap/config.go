@@ -15,7 +15,8 @@ type Config struct {
 	// reader already refuses anything over 4 MiB.
 	MaxMessageSize int
 	// MaxHaveBlockSize is the largest block sent in reply to a want-have,
-	// instead of a HAVE; Kubo uses 1024 bytes.
+	// instead of a HAVE; Kubo uses 1024 bytes. Zero means that default;
+	// negative means never (a want-have always gets a HAVE).
 	MaxHaveBlockSize int
 	// FetchMisses makes a node fetch a block from the wider network when
 	// every node said DONT_HAVE, before the client is told so.
@@ -90,9 +91,9 @@ func (c *Config) fill() {
 	if c.RecentBlockBytes == 0 {
 		c.RecentBlockBytes = DefaultRecentBlockBytes
 	}
-	if c.MaxHaveBlockSize < 0 {
-		c.MaxHaveBlockSize = 0
-	} else if c.MaxHaveBlockSize == 0 {
+	// Negative stays negative, for the same reason: every comparison
+	// against it (len <= MaxHaveBlockSize) is then false.
+	if c.MaxHaveBlockSize == 0 {
 		c.MaxHaveBlockSize = DefaultMaxHaveBlockSize
 	}
 }
