@@ -76,6 +76,7 @@ func TestReplyPace(t *testing.T) {
 	}
 	boxo := step{delivered(true, 0, time.Millisecond), 1 * kib} // a probe it waited out
 	helia := step{replyResult{replyEarlyClose, true, time.Millisecond, time.Millisecond}, 1 * kib}
+	fastHelia := step{replyResult{replyEarlyClose, false, time.Millisecond, 0}, 256 * kib}
 	for _, tc := range []struct {
 		name   string
 		window time.Duration
@@ -93,6 +94,9 @@ func TestReplyPace(t *testing.T) {
 		{"a close after ours unprobed proves nothing", time.Second, []step{{delivered(false, sec(0.001), sec(0.1)), 256 * kib}}, kindUnknown, unconfirmedBytes, 0},
 		{"Helia: at most 256 KiB however fast its writes", time.Second, []step{helia, {replyResult{replyEarlyClose, false, sec(0.001), 0}, 256 * kib}}, kindClosesFirst, unconfirmedBytes, 0},
 		{"Helia: its later closes after ours are not deliveries", time.Second, []step{helia, {delivered(false, sec(0.001), sec(0.01)), 256 * kib}}, kindClosesFirst, unconfirmedBytes, 0},
+		{"Helia: four fast writes in a row lift the cap", time.Second, []step{helia, fastHelia, fastHelia, fastHelia, fastHelia}, kindClosesFirst, maxReplyBytes, 0},
+		{"Helia: three do not", time.Second, []step{helia, fastHelia, fastHelia, fastHelia}, kindClosesFirst, unconfirmedBytes, 0},
+		{"Helia: a slow write ends the run", time.Second, []step{helia, fastHelia, fastHelia, fastHelia, {replyResult{replyEarlyClose, false, sec(2), 0}, 256 * kib}, fastHelia}, kindClosesFirst, unconfirmedBytes, 0},
 		{"Helia: write times count", 2 * time.Second, []step{helia, {replyResult{replyEarlyClose, false, sec(1), 0}, 64 * kib}}, kindClosesFirst, 128 * kib, 0},
 		{"cut off: half the bound it shows", time.Second, []step{boxo, {replyResult{replyFailed, false, 0, sec(2)}, 1024 * kib}}, kindReadsFirst, 256 * kib, 1},
 		{"cut off twice", time.Second, []step{boxo, {replyResult{replyFailed, false, 0, sec(2)}, 1024 * kib}, {replyResult{replyFailed, false, 0, sec(2)}, 256 * kib}}, kindReadsFirst, 64 * kib, 2},
@@ -115,12 +119,8 @@ func TestReplyPace(t *testing.T) {
 			if p.failures != tc.fails {
 				t.Errorf("failures %d, want %d", p.failures, tc.fails)
 			}
-			wantIn := 2 * tc.target
-			if tc.kind == kindClosesFirst {
-				wantIn = tc.target
-			}
-			if got := p.inFlightBytes(); got != wantIn {
-				t.Errorf("in flight %d, want %d", got, wantIn)
+			if got := p.inFlightBytes(); got != 2*tc.target {
+				t.Errorf("in flight %d, want %d", got, 2*tc.target)
 			}
 		})
 	}
@@ -183,8 +183,8 @@ func TestReplyPaceGivesUp(t *testing.T) {
 
 // Randomised: whatever the outcomes, a message's limit stays between one
 // byte (one block a message) and maxReplyBytes, at most unconfirmedBytes
-// unless the receiver proved it reads first, and in-flight bytes at two
-// messages' worth, one for a receiver that closes first.
+// unless the receiver proved it reads first or wrote fast for long enough, and in-flight bytes at two
+// messages' worth.
 func TestReplyPaceBounds(t *testing.T) {
 	for seed := range 200 {
 		p := newReplyPace(time.Duration(seed%7+1) * 500 * time.Millisecond)
@@ -195,10 +195,10 @@ func TestReplyPaceBounds(t *testing.T) {
 				toWrite: time.Duration(next(uint64(20 * time.Second))), toEnd: time.Duration(next(uint64(20 * time.Second)))}
 			p.observe(r, int(next(4<<20)))
 			m := p.messageBytes()
-			if m < 1 || m > maxReplyBytes || (p.kind != kindReadsFirst && m > unconfirmedBytes) {
+			if m < 1 || m > maxReplyBytes || (p.kind != kindReadsFirst && p.fastRun < fastRunToLift && m > unconfirmedBytes) {
 				t.Fatalf("seed %d step %d: message bytes %d for kind %d", seed, i, m, p.kind)
 			}
-			if in := p.inFlightBytes(); in != 2*m && (p.kind != kindClosesFirst || in != m) {
+			if in := p.inFlightBytes(); in != 2*m {
 				t.Fatalf("seed %d: in flight %d", seed, p.inFlightBytes())
 			}
 		}
