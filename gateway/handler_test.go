@@ -40,6 +40,10 @@ type mapFetcher struct {
 	running int
 	peak    int
 	calls   int
+	// together, when set, holds every answer until two fetches run at
+	// once (or a second has passed), so that a test of fetching ahead
+	// does not depend on how the scheduler interleaves instant answers.
+	together chan struct{}
 }
 
 func (m *mapFetcher) Fetch(ctx context.Context, cs ...cid.Cid) (<-chan bitswap.Result, error) {
@@ -48,10 +52,23 @@ func (m *mapFetcher) Fetch(ctx context.Context, cs ...cid.Cid) (<-chan bitswap.R
 	m.running++
 	m.peak = max(m.peak, m.running)
 	m.calls++
+	together := m.together
+	if together != nil && m.running >= 2 {
+		close(together)
+		m.together = nil
+	}
 	m.mu.Unlock()
 	go func() {
 		defer close(out)
 		defer func() { m.mu.Lock(); m.running--; m.mu.Unlock() }()
+		if together != nil {
+			select {
+			case <-together:
+			case <-time.After(time.Second):
+			case <-ctx.Done():
+				return
+			}
+		}
 		for _, c := range cs {
 			m.mu.Lock()
 			b, ok := m.byHash(c)
@@ -440,7 +457,7 @@ func TestCarScopes(t *testing.T) {
 // its block alone.
 func TestPrefetch(t *testing.T) {
 	root, _, all := file(t, 4<<20+1)
-	f := &mapFetcher{blocks: all}
+	f := &mapFetcher{blocks: all, together: make(chan struct{})}
 	s := newServer(t, f, nil)
 	_, body := get(t, http.MethodGet, s.URL+"/ipfs/"+root.String()+"?format=car")
 	_, got, err := cartest.Read(bytes.NewReader(body), root)

@@ -137,8 +137,14 @@ func TestAdminMetricsAndReadiness(t *testing.T) {
 		t.Fatalf("cat through kitsune: %d bytes, %v", len(got), err)
 	}
 	waitRelayEmpty(t, k)
-
-	m := k.scrape(t)
+	// Blocks out are counted when the client confirms a reply message (it
+	// closes the stream after reading it), which can come just after its
+	// cat returns: wait for the count to reach the DAG, then check it exact.
+	var m map[string]float64
+	eventually(t, 10*time.Second, "every reply confirmed", func() bool {
+		m = k.scrape(t)
+		return m[series("kitsune_relay_blocks_total", "direction", "out")] >= float64(dagBlocks)
+	})
 	blocksOut := m[series("kitsune_relay_blocks_total", "direction", "out")]
 	bytesOut := m[series("kitsune_relay_bytes_total", "direction", "out")]
 	t.Logf("DAG: %d blocks, %d bytes; /metrics: %v blocks, %v bytes out", dagBlocks, dagBytes, blocksOut, bytesOut)
