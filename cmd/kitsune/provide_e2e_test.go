@@ -150,6 +150,10 @@ func TestProvideFleetContentOnDHT(t *testing.T) {
 			t.Fatalf("client %s (%s) peers %v: want Kitsune %s, not the fleet %s or the origin %s",
 				client.ID, client.AgentVersion, peers, k.front.ID(), fleet.ID, origin.ID)
 		}
+		// A Kubo client provides what it fetched: left running, it would
+		// serve the next client instead of Kitsune (seen in CI, where the
+		// compatibility client never connected to Kitsune at all).
+		client.Stop()
 	}
 
 	// Announced: the node's pins (Kubo pins the empty directory too) and
