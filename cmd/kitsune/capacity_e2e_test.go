@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/transport/websocket"
 
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 // vmRSS reads a process's resident set size in bytes.
@@ -43,15 +45,30 @@ func vmRSS(t *testing.T, pid int) int64 {
 	return 0
 }
 
+// steadyRSS waits until a process's RSS stops moving (three readings in a
+// row within 256 KiB of each other, the GC and the connection handshakes
+// done) and returns it; bounded by 30 s.
+func steadyRSS(t *testing.T, pid int) int64 {
+	t.Helper()
+	var last []int64
+	testkit.EventuallyEvery(t, 30*time.Second, 200*time.Millisecond, testkit.Say("a steady RSS"), func() bool {
+		last = append(last, vmRSS(t, pid))
+		if len(last) > 3 {
+			last = last[1:]
+		}
+		return len(last) == 3 && slices.Max(last)-slices.Min(last) < 256<<10
+	})
+	return last[2]
+}
+
 // What an idle browser-style connection costs a replica, for the capacity
 // note in docs/deploy.md: the Kitsune binary holds idleWS WebSocket
 // connections (Noise, yamux), each from its own peer, and its RSS is read
-// before and after, each after a quiet spell. bench/ measures the same for
+// before and after, each once it has stopped moving. bench/ measures the same for
 // TCP (scenario 4). The bound is the benchmark's target for TCP with
 // room for the WebSocket framing.
 func TestIdleWebSocketRSS(t *testing.T) {
 	const idleWS = 1000
-	const settle = 2 * time.Second
 	bin := buildBinary(t)
 	node := kubotest.Start(t, kubotest.Options{})
 	ctx := testCtx(t, 4*time.Minute)
@@ -85,8 +102,7 @@ func TestIdleWebSocketRSS(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "downstream joined", func() bool { return strings.Contains(stderr.String(), "downstream joined") })
 	pid := cmd.Process.Pid
-	time.Sleep(settle)
-	before := vmRSS(t, pid)
+	before := steadyRSS(t, pid)
 
 	hosts := make([]host.Host, 0, idleWS)
 	t.Cleanup(func() {
@@ -108,7 +124,7 @@ func TestIdleWebSocketRSS(t *testing.T) {
 			t.Fatalf("connection %d: %v", i+1, err)
 		}
 	}
-	time.Sleep(settle)
+	after := steadyRSS(t, pid)
 	held := 0
 	for _, h := range hosts {
 		if len(h.Network().ConnsToPeer(ai.ID)) > 0 {
@@ -118,7 +134,6 @@ func TestIdleWebSocketRSS(t *testing.T) {
 	if held < idleWS {
 		t.Fatalf("only %d of %d idle WebSocket connections still open", held, idleWS)
 	}
-	after := vmRSS(t, pid)
 	per := float64(after-before) / float64(held)
 	t.Logf("Kitsune RSS %.1f MiB before, %.1f MiB with %d idle WebSocket connections: %.1f KiB per connection",
 		float64(before)/(1<<20), float64(after)/(1<<20), held, per/1024)
