@@ -147,7 +147,8 @@ func testNode(i int) peer.ID { return peer.ID(fmt.Sprintf("node-%d", i)) }
 
 func blockOf(t testing.TB, seed string, size int) blocks.Block {
 	t.Helper()
-	data := []byte(strings.Repeat(seed, size/len(seed)+1))[:size]
+	// Capacity size: what the block keeps alive is its size.
+	data := []byte(strings.Repeat(seed, size/len(seed)+1))[:size:size]
 	h, err := mh.Sum(data, mh.SHA2_256, -1)
 	if err != nil {
 		t.Fatal(err)

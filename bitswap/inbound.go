@@ -28,6 +28,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio"
+	"github.com/multiformats/go-multihash"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -147,6 +148,9 @@ const (
 	fPresenceType = 2
 )
 
+// cidV0 is the prefix of a Bitswap 1.0.0 block's CID.
+var cidV0 = cid.NewPrefixV0(multihash.SHA2_256)
+
 var (
 	errCidMissing  = errors.New("missing cid")
 	errFieldNumber = errors.New("invalid field number")
@@ -154,10 +158,9 @@ var (
 
 // parseNodeMessage parses a Bitswap message (the body of a frame) the way
 // boxo's bsmsg.FromMsgReader does, with the same results and the same
-// errors, except that block payloads are slices of frame rather than
-// copies. A payload much smaller than its frame is copied all the same,
-// so that keeping one small block does not keep a large frame: what a
-// block keeps alive is at most 4 times its size.
+// errors, except that a block payload over half its frame is a slice of
+// it rather than a copy (see parser.block): a block keeps at most twice
+// its size alive, and no two blocks share a frame.
 //
 // As protobuf does, an unknown field, or a known one with an unexpected
 // wire type, is skipped; a singular field given twice takes the last
@@ -191,8 +194,16 @@ func parseNodeMessage(frame []byte) (nodeMessage, error) {
 				return nil
 			})
 		case fMessageBlocks:
-			// CIDv0: NewBlock hashes the bytes with SHA-256.
-			m.blocks = p.mergeBlock(m.blocks, blocks.NewBlock(p.keep(v)))
+			// CIDv0: the bytes hashed with SHA-256, as blocks.NewBlock does.
+			c, err := cidV0.Sum(v)
+			if err != nil {
+				return err
+			}
+			b, err := p.block(v, c)
+			if err != nil {
+				return err
+			}
+			m.blocks = p.mergeBlock(m.blocks, b)
 		case fMessagePayload:
 			b, err := p.payload(v)
 			if err != nil {
@@ -433,14 +444,41 @@ func (p *parser) payload(b []byte) (blocks.Block, error) {
 	if err != nil {
 		return nil, err
 	}
-	return blocks.NewBlockWithCid(p.keep(data), c)
+	return p.block(data, c)
 }
 
-// keep returns the bytes a block keeps: data itself, a slice of the
-// frame, unless that would keep a frame over 4 times its size alive.
-func (p *parser) keep(data []byte) []byte {
-	if 4*len(data) >= p.frame {
-		return data
+// block is the block with CID c and bytes data, a slice of the frame: in
+// place if it is over half the frame, so that it keeps at most twice its
+// size alive and is the only block that keeps this frame; copied
+// otherwise. Kubo sends a block of 256 KiB (its default chunk) alone in
+// a message, with at most a few presences beside it: kept in place.
+// Smaller blocks come several to a message of about 16 KiB (boxo's
+// engine fills a message up to that) and are copied, as bsnet copies
+// every block.
+func (p *parser) block(data []byte, c cid.Cid) (blocks.Block, error) {
+	if 2*len(data) <= p.frame {
+		return blocks.NewBlockWithCid(bytes.Clone(data), c)
 	}
-	return bytes.Clone(data)
+	b, err := blocks.NewBlockWithCid(data, c)
+	if err != nil {
+		return nil, err
+	}
+	return &frameBlock{BasicBlock: b, holds: p.frame}, nil
+}
+
+// frameBlock is a block whose bytes are a slice of the buffer its node
+// message was read into: it keeps the whole buffer alive.
+type frameBlock struct {
+	*blocks.BasicBlock
+	holds int // the frame's size
+}
+
+// heldBytes is the memory a block keeps alive: its frame's size for a
+// block parsed in place, its buffer's capacity otherwise. The budgets on
+// what the relay keeps (recent blocks, a peer's replies) count this.
+func heldBytes(b blocks.Block) int {
+	if fb, ok := b.(*frameBlock); ok {
+		return fb.holds
+	}
+	return cap(b.RawData())
 }

@@ -34,8 +34,8 @@ type replyOutbox struct {
 	// cut counts messages the peer cut off, given the blocks they carried
 	// and whether they were given up.
 	cut func(blocks int, givenUp bool)
-	// budget caps the block bytes waiting for this peer, in flight
-	// included; drained is called (no lock held) once a full outbox is
+	// budget caps the memory the blocks waiting for this peer keep
+	// alive, in flight included (their node messages' buffers); drained is called (no lock held) once a full outbox is
 	// back under half its budget, so deferred wants can be fetched again.
 	budget  int
 	drained func()
@@ -46,7 +46,7 @@ type replyOutbox struct {
 	mu       sync.Mutex
 	blocks   []blocks.Block
 	presence map[cid.Cid]pb.Message_BlockPresenceType
-	pending  int // block bytes queued or in flight
+	pending  int // memory the blocks queued or in flight keep (heldBytes)
 	inFlight int // block bytes in messages whose stream has not ended
 	flights  int // such messages
 	// probeBytes is the size of the message holding its close to learn
@@ -95,7 +95,7 @@ func (o *replyOutbox) addBlock(b blocks.Block) {
 	}
 	delete(o.presence, b.Cid())
 	o.blocks = append(o.blocks, b)
-	o.pending += len(b.RawData())
+	o.pending += heldBytes(b)
 	o.kickLocked()
 }
 
@@ -228,7 +228,9 @@ func (o *replyOutbox) settle(ev replyEvents, sending []blocks.Block, presence ma
 			}
 		}
 	} else {
-		o.pending -= size
+		for _, b := range sending {
+			o.pending -= heldBytes(b)
+		}
 	}
 	resume := o.wasFull && o.pending <= o.budget/2
 	if resume {

@@ -18,8 +18,8 @@ import (
 //
 // It is bounded by bytes (least recently used out first) and by idle
 // time (a block unused for ttl is dropped by expire), so it empties when
-// the traffic stops. The bytes counted are the blocks'; a block parsed in
-// place keeps at most 4 times its size of its message (see inbound.go).
+// the traffic stops. The bytes counted are what the blocks keep alive
+// (heldBytes): for a block parsed in place, its whole node message.
 type recentBlocks struct {
 	maxBytes int
 	ttl      time.Duration
@@ -42,7 +42,7 @@ func newRecentBlocks(maxBytes int, ttl time.Duration) recentBlocks {
 // put keeps b. A block larger than an eighth of the budget is not kept:
 // it would push out many others for one.
 func (r *recentBlocks) put(b blocks.Block, now time.Time) {
-	size := len(b.RawData())
+	size := heldBytes(b)
 	if size > r.maxBytes/8 {
 		return
 	}
@@ -80,7 +80,7 @@ func (r *recentBlocks) expire(now time.Time) {
 func (r *recentBlocks) remove(e *list.Element) {
 	rb := r.order.Remove(e).(*recentBlock)
 	delete(r.m, rb.b.Cid())
-	r.bytes -= len(rb.b.RawData())
+	r.bytes -= heldBytes(rb.b)
 }
 
 func (r *recentBlocks) reset() {

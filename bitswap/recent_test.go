@@ -10,6 +10,7 @@ import (
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/protobuf/proto"
 )
 
 // answerOpen makes every node answer every want open on it with its
@@ -135,5 +136,100 @@ func TestCoreRecentBlocksOff(t *testing.T) {
 	}
 	if n := kit.k.recent.len(); n != 0 {
 		t.Fatalf("%d recent blocks kept with RecentBlockBytes -1", n)
+	}
+}
+
+// parsedBlocks gives the first block of each of n node messages, parsed
+// as inbound.go parses them, with the messages' buffers: each message
+// carries nBlocks blocks of size bytes and wants entries, as a node
+// sends its own wants beside its answers.
+func parsedBlocks(t *testing.T, seed string, n, nBlocks, size, wants int) (firsts []blocks.Block, frames [][]byte) {
+	t.Helper()
+	for i := range n {
+		m := bsmsg.New(false)
+		var first cid.Cid
+		for j := range nBlocks {
+			b := blockOf(t, fmt.Sprintf("%s%d-%d-", seed, i, j), size)
+			if j == 0 {
+				first = b.Cid()
+			}
+			m.AddBlock(b)
+		}
+		for j := range wants {
+			m.AddEntry(blockOf(t, fmt.Sprintf("%sw%d-%d-", seed, i, j), 8).Cid(), 1, pb.Message_Wantlist_Block, true)
+		}
+		body, err := proto.Marshal(m.ToProtoV1())
+		if err != nil {
+			t.Fatal(err)
+		}
+		frame := make([]byte, len(body)) // as readFrame reads it
+		copy(frame, body)
+		msg, err := parseNodeMessage(frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range msg.blocks {
+			if b.Cid() == first {
+				firsts = append(firsts, b)
+			}
+		}
+		frames = append(frames, frame)
+	}
+	return firsts, frames
+}
+
+// heldBy is the memory bs keep alive: each of frames one of them lies
+// in, once, and the blocks' own buffers otherwise.
+func heldBy(bs []blocks.Block, frames [][]byte) int {
+	held, counted := 0, map[int]bool{}
+	for _, b := range bs {
+		found := false
+		for i, f := range frames {
+			if within(b.RawData(), f) {
+				found = true
+				if !counted[i] {
+					counted[i] = true
+					held += cap(f)
+				}
+			}
+		}
+		if !found {
+			held += cap(b.RawData())
+		}
+	}
+	return held
+}
+
+// Blocks parsed in place keep their whole message buffer alive; the
+// recent blocks' budget bounds those buffers, not just the blocks' own
+// bytes, whatever else the messages carried.
+func TestCoreRecentBlocksBoundRetainedBuffers(t *testing.T) {
+	const budget, blockSize = 64 << 10, 4 << 10
+	for name, shape := range map[string]struct{ blocks, wants int }{
+		"four blocks a message":        {blocks: 4},
+		"one block and a node's wants": {blocks: 1, wants: 150},
+		"two blocks a message":         {blocks: 2},
+		"one block and a few wants":    {blocks: 1, wants: 40}, // parsed in place
+	} {
+		t.Run(name, func(t *testing.T) {
+			kit := newCoreKit(t, Config{RecentBlockBytes: budget, RecentBlockTTL: time.Minute}, testNode(1))
+			// Only the first block of each message was asked for, and is kept.
+			firsts, frames := parsedBlocks(t, "f", 40, shape.blocks, blockSize, shape.wants)
+			for _, b := range firsts {
+				kit.k.fromPeer(testPeer(1), []bsmsg.Entry{entry(b.Cid(), pb.Message_Wantlist_Block, true)}, false, kit.advance(time.Millisecond))
+				kit.k.fromNode(testNode(1), []blocks.Block{b}, nil, nil, kit.now)
+			}
+			var kept []blocks.Block
+			for _, e := range kit.k.recent.m {
+				kept = append(kept, e.Value.(*recentBlock).b)
+			}
+			held := heldBy(kept, frames)
+			if held > budget {
+				t.Errorf("%d recent blocks of %d bytes hold %d bytes of buffers alive, over the %d budget", len(kept), blockSize, held, budget)
+			}
+			if held < budget/2 {
+				t.Errorf("%d recent blocks hold %d bytes: the budget (%d) is not used", len(kept), held, budget)
+			}
+		})
 	}
 }
