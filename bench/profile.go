@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -161,11 +162,29 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 	go func() {
 		done <- fetchTo(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", srv.admin, seconds), file)
 	}()
+	// Heap profiles under the load, at each quarter of the window: what
+	// the relay holds while it works (inuse_space is as of the last GC).
+	heaps := make(chan error, 1)
+	go func() {
+		var err error
+		for i := 1; i <= 3 && err == nil; i++ {
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-time.After(time.Duration(seconds) * time.Second / 4):
+				err = fetchTo(ctx, srv.admin+"/debug/pprof/heap", strings.TrimSuffix(file, ".pprof")+fmt.Sprintf("-heap%d.pprof", i))
+			}
+		}
+		heaps <- err
+	}()
 	rounds := 0
 	for {
 		select {
 		case err := <-done:
 			if err != nil {
+				return err
+			}
+			if err := <-heaps; err != nil {
 				return err
 			}
 			// CPU per byte relayed over the profile's window (and the
