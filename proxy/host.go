@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
@@ -224,6 +225,14 @@ type BackConfig struct {
 // every Kubo node itself, and Kubo opens its reply streams over those
 // connections.
 func NewBack(cfg BackConfig) (host.Host, error) {
+	// go-libp2p's default resource manager, without its metrics (see
+	// Limits.resourceManager).
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rcmgr.WithMetricsDisabled())
+	if err != nil {
+		return nil, fmt.Errorf("back host: resource manager: %w", err)
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
 		libp2p.NoListenAddrs,
@@ -238,6 +247,7 @@ func NewBack(cfg BackConfig) (host.Host, error) {
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.ResourceManager(rm),
 		libp2p.UserAgent(UserAgent),
 		libp2p.DisableRelay(),
 		libp2p.DisableMetrics(),
@@ -249,8 +259,10 @@ func NewBack(cfg BackConfig) (host.Host, error) {
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
+		rm.Close()
 		return nil, fmt.Errorf("back host: %w", err)
 	}
+	closeWithHost(h, rm)
 	return h, nil
 }
 
