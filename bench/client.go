@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	bsclient "github.com/ipfs/boxo/bitswap/client"
@@ -97,6 +98,64 @@ func connectedClients(ctx context.Context, n int, target func(i int) peer.AddrIn
 		defer cancel()
 		return clients[i].connect(cctx, target(i))
 	})
+}
+
+// crowdFetch is what a crowd of clients fetching at once got.
+type crowdFetch struct {
+	start    time.Time // when the clock started
+	last     time.Time // the end of the last fetch that succeeded
+	ends     []float64 // each successful fetch's end, seconds after start
+	ok       int       // fetches that succeeded
+	blocks   int       // blocks of a DAG fetched (the last success's count)
+	bytesDAG int64     // block bytes fetched, failed fetches included
+	errs     []error
+}
+
+// fetchCrowd runs fetch for every client at once, each within timeout.
+// Gated, the clock starts once every client's goroutine runs and they are
+// let go together (the hot content's crowd); otherwise it starts before
+// the first is started.
+func fetchCrowd(ctx context.Context, clients []*client, timeout time.Duration, gated bool, fetch func(ctx context.Context, i int, c *client) (int, int64, error)) crowdFetch {
+	var (
+		wg sync.WaitGroup
+		mu sync.Mutex
+		cf crowdFetch
+	)
+	gate := make(chan struct{})
+	if !gated {
+		close(gate)
+	}
+	cf.start = time.Now()
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-gate
+			fctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			n, size, err := fetch(fctx, i, c)
+			end := time.Now()
+			mu.Lock()
+			defer mu.Unlock()
+			cf.bytesDAG += size
+			if err != nil {
+				cf.errs = append(cf.errs, fmt.Errorf("client %d: %w", i, err))
+				return
+			}
+			cf.blocks = n
+			cf.ok++
+			cf.ends = append(cf.ends, end.Sub(cf.start).Seconds())
+			if end.After(cf.last) {
+				cf.last = end
+			}
+		}()
+	}
+	if gated {
+		cf.start = time.Now()
+		close(gate)
+	}
+	wg.Wait()
+	return cf
 }
 
 func closeClients(clients []*client) {

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
@@ -67,13 +66,8 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 	for r := range cfg.Runs34 {
 		for _, p := range rotate(paths, r) {
 			e.record(sr, p, r, 3*time.Minute, func(ctx context.Context) (map[string]float64, error) {
-				srv, target, err := e.dialTarget(ctx, p, nodes)
-				defer stopServer(srv)
-				if err != nil {
-					return nil, err
-				}
-				clients, err := connectedClients(ctx, cfg.Clients, target)
-				defer closeClients(clients)
+				srv, clients, stop, err := e.crowdAt(ctx, p, nodes, cfg.Clients)
+				defer stop()
 				if err != nil {
 					return nil, err
 				}
@@ -84,43 +78,10 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 					}
 				}
 				before, ok := e.proxyUsage(p, srv)
-				var (
-					wg         sync.WaitGroup
-					mu         sync.Mutex
-					okBytes    int64
-					fileBlocks int
-					bytesDAG   int64
-					last       time.Time
-					errs       []error
-				)
-				gate := make(chan struct{})
-				start := time.Now()
-				for i, c := range clients {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						<-gate
-						fctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-						defer cancel()
-						n, size, err := c.fetchDAG(fctx, root)
-						end := time.Now()
-						mu.Lock()
-						defer mu.Unlock()
-						bytesDAG += size
-						if err != nil {
-							errs = append(errs, fmt.Errorf("client %d: %w", i, err))
-							return
-						}
-						fileBlocks = n
-						okBytes += int64(cfg.HotFileSize)
-						if end.After(last) {
-							last = end
-						}
-					}()
-				}
-				start = time.Now()
-				close(gate)
-				wg.Wait()
+				cf := fetchCrowd(ctx, clients, 2*time.Minute, true, func(ctx context.Context, _ int, c *client) (int, int64, error) {
+					return c.fetchDAG(ctx, root)
+				})
+				errs := cf.errs
 				after, ok2 := e.proxyUsage(p, srv)
 				m := map[string]float64{"failures": float64(len(errs))}
 				if srv != nil {
@@ -139,17 +100,17 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 				if len(errs) == len(clients) {
 					return m, fmt.Errorf("every client failed; first: %w", errs[0])
 				}
-				wall := last.Sub(start).Seconds()
+				wall := cf.last.Sub(cf.start).Seconds()
 				m["wall_s"] = wall
-				m["aggregate_mib_per_s"] = float64(okBytes) / mib / wall
-				m["file_blocks"] = float64(fileBlocks)
-				if v, ok := m["fleet_blocks"]; ok && fileBlocks > 0 {
-					m["fleet_blocks_per_file_block"] = v / float64(fileBlocks)
+				m["aggregate_mib_per_s"] = float64(cf.ok) * float64(cfg.HotFileSize) / mib / wall
+				m["file_blocks"] = float64(cf.blocks)
+				if v, ok := m["fleet_blocks"]; ok && cf.blocks > 0 {
+					m["fleet_blocks_per_file_block"] = v / float64(cf.blocks)
 				}
 				if ok && ok2 {
 					cpu := after.CPUSeconds - before.CPUSeconds
 					m["proxy_cpu_s"] = cpu
-					m["proxy_cpu_s_per_gib"] = cpu / (float64(bytesDAG) / gib)
+					m["proxy_cpu_s_per_gib"] = cpu / (float64(cf.bytesDAG) / gib)
 					m["proxy_peak_rss_mib"] = float64(after.PeakRSS) / mib
 				}
 				if len(errs) > 0 {

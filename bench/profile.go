@@ -197,7 +197,9 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 			gib := (bytes1 - bytes0) / (1 << 30)
 			e.logf("  %s: %d rounds of load; %.2f GiB relayed, %.2f CPU-s, %.2f CPU-s per GiB",
 				filepath.Base(file), rounds, gib, cpu1-cpu0, (cpu1-cpu0)/gib)
-			return nil
+			// And once the load is over (after a collection): what is
+			// still held then is kept past its use.
+			return fetchTo(ctx, srv.admin+"/debug/pprof/heap?gc=1", strings.TrimSuffix(file, ".pprof")+"-heap-after.pprof")
 		default:
 		}
 		lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)

@@ -93,6 +93,23 @@ func (e *env) noteTransport(ctx context.Context, sr *ScenarioResult, path string
 	}
 }
 
+// crowdAt starts what stands on path p in front of nodes (nothing for
+// direct) and connects n clients through it, client i to target(i); stop
+// closes the clients, then the server, and is to be called even on an
+// error.
+func (e *env) crowdAt(ctx context.Context, p string, nodes []*kubotest.Node, n int) (srv *server, clients []*client, stop func(), err error) {
+	srv, target, err := e.dialTarget(ctx, p, nodes)
+	stop = func() {
+		closeClients(clients)
+		stopServer(srv)
+	}
+	if err != nil {
+		return srv, nil, stop, err
+	}
+	clients, err = connectedClients(ctx, n, target)
+	return srv, clients, stop, err
+}
+
 func stopServer(s *server) {
 	if s != nil {
 		s.stop()
@@ -449,58 +466,22 @@ func (e *env) scenario3() (*ScenarioResult, error) {
 	for r := range cfg.Runs34 {
 		for _, p := range rotate(paths, r) {
 			e.record(sr, p, r, 2*time.Minute, func(ctx context.Context) (map[string]float64, error) {
-				srv, target, err := e.dialTarget(ctx, p, nodes)
-				defer stopServer(srv)
-				if err != nil {
-					return nil, err
-				}
-				clients, err := connectedClients(ctx, cfg.Clients, target)
-				defer closeClients(clients)
+				srv, clients, stop, err := e.crowdAt(ctx, p, nodes, cfg.Clients)
+				defer stop()
 				if err != nil {
 					return nil, err
 				}
 
 				before, ok := e.proxyUsage(p, srv)
-				var (
-					wg       sync.WaitGroup
-					mu       sync.Mutex
-					bytesDAG int64
-					okBytes  int64
-					last     time.Time
-					ends     []float64
-					errs     []error
-				)
-				start := time.Now()
-				for i, c := range clients {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						fctx, cancel := context.WithTimeout(ctx, time.Minute)
-						defer cancel()
-						var err error
-						if p == pathKuboFront {
-							err = warm(fctx, e.front, files[i].root)
+				cf := fetchCrowd(ctx, clients, time.Minute, false, func(ctx context.Context, i int, c *client) (int, int64, error) {
+					if p == pathKuboFront {
+						if err := warm(ctx, e.front, files[i].root); err != nil {
+							return 0, 0, err
 						}
-						var size int64
-						if err == nil {
-							_, size, err = c.fetchDAG(fctx, files[i].root)
-						}
-						end := time.Now()
-						mu.Lock()
-						defer mu.Unlock()
-						bytesDAG += size
-						if err != nil {
-							errs = append(errs, fmt.Errorf("client %d: %w", i, err))
-							return
-						}
-						okBytes += int64(cfg.ClientFileSize)
-						ends = append(ends, end.Sub(start).Seconds())
-						if end.After(last) {
-							last = end
-						}
-					}()
-				}
-				wg.Wait()
+					}
+					return c.fetchDAG(ctx, files[i].root)
+				})
+				errs := cf.errs
 				after, ok2 := e.proxyUsage(p, srv)
 				e.noteTransport(ctx, sr, p, srv)
 				// Checked after the clock stopped: reading back is not
@@ -514,14 +495,14 @@ func (e *env) scenario3() (*ScenarioResult, error) {
 				if len(errs) == len(clients) {
 					return m, fmt.Errorf("every client failed; first: %w", errs[0])
 				}
-				wall := last.Sub(start).Seconds()
+				wall := cf.last.Sub(cf.start).Seconds()
 				m["wall_s"] = wall
-				m["aggregate_mib_per_s"] = float64(okBytes) / mib / wall
-				m["client_p50_s"] = summarize(ends).Median
+				m["aggregate_mib_per_s"] = float64(cf.ok) * float64(cfg.ClientFileSize) / mib / wall
+				m["client_p50_s"] = summarize(cf.ends).Median
 				if ok && ok2 {
 					cpu := after.CPUSeconds - before.CPUSeconds
 					m["proxy_cpu_s"] = cpu
-					m["proxy_cpu_s_per_gib"] = cpu / (float64(bytesDAG) / gib)
+					m["proxy_cpu_s_per_gib"] = cpu / (float64(cf.bytesDAG) / gib)
 					if srv != nil {
 						m["proxy_peak_rss_mib"] = float64(after.PeakRSS) / mib
 					}
