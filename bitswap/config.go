@@ -38,7 +38,8 @@ type Config struct {
 	MissFetchBurst int
 	// CheckInterval is how often silent nodes are looked for.
 	CheckInterval time.Duration
-	// PeerBufferBytes caps the block bytes queued for one upstream peer.
+	// PeerBufferBytes caps the memory the blocks queued for one upstream
+	// peer keep alive (a block parsed in place keeps its node message).
 	// A peer reading slower than the fleet delivers gets further blocks
 	// later (their wants are deferred and sent again once it caught up),
 	// so memory stays bounded whatever the peer does.

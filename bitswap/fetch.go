@@ -48,7 +48,7 @@ type localFetch struct {
 	id      peer.ID
 	pending map[cid.Cid]struct{}
 	queue   []Result
-	bytes   int // block bytes in queue
+	bytes   int // memory the queued blocks keep alive (heldBytes)
 	budget  int
 	wasFull bool
 	ended   bool
@@ -123,7 +123,7 @@ func (r *Relay) forward(ctx, relayCtx context.Context, l *localFetch) {
 			l.queue[0] = Result{}
 			l.queue = l.queue[1:]
 			if next.Block != nil {
-				l.bytes -= len(next.Block.RawData())
+				l.bytes -= heldBytes(next.Block)
 			}
 			if l.wasFull && l.bytes <= l.budget/2 {
 				// The reader caught up: fetch again what was set aside.
@@ -187,7 +187,7 @@ func (l *localFetch) block(b blocks.Block) bool {
 	}
 	delete(l.pending, c)
 	l.queue = append(l.queue, Result{Cid: c, Block: b})
-	l.bytes += len(b.RawData())
+	l.bytes += heldBytes(b)
 	l.kick()
 	return true
 }
