@@ -126,26 +126,32 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 // blocksInSeries counts the blocks Kitsune received from the fleet.
 const blocksInSeries = `kitsune_relay_blocks_total{direction="in"}`
 
-// metric reads one series (name and labels, as /metrics prints them) from
-// Kitsune's admin port.
-func (s *server) metric(ctx context.Context, series string) (float64, error) {
+// scrape reads Kitsune's /metrics.
+func (s *server) scrape(ctx context.Context) (string, error) {
 	if s.admin == "" {
-		return 0, fmt.Errorf("%s has no admin port", s.name)
+		return "", fmt.Errorf("%s has no admin port", s.name)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.admin+"/metrics", nil)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.httpClient().Do(req)
 	if err != nil {
-		return 0, err
+		return "", err
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
+	return string(body), err
+}
+
+// metric reads one series (name and labels, as /metrics prints them) from
+// Kitsune's admin port.
+func (s *server) metric(ctx context.Context, series string) (float64, error) {
+	body, err := s.scrape(ctx)
 	if err != nil {
 		return 0, err
 	}
-	for line := range strings.SplitSeq(string(body), "\n") {
+	for line := range strings.SplitSeq(body, "\n") {
 		if v, ok := strings.CutPrefix(line, series+" "); ok {
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,7 +32,10 @@ type server struct {
 
 	info  peer.AddrInfo // its TCP address, what clients dial
 	admin string        // Kitsune's admin base URL, "" when it has none
-	back  peer.ID       // Kitsune's back host
+	// hc reaches admin (Kitsune in a namespace listens on that
+	// namespace's loopback); nil is http.DefaultClient.
+	hc   *http.Client
+	back peer.ID // Kitsune's back host
 }
 
 type lockedBuffer struct {
@@ -83,6 +87,13 @@ func startServerIn(wrap func(*exec.Cmd), name, bin string, args, env []string, d
 		close(s.done)
 	}()
 	return s, nil
+}
+
+func (s *server) httpClient() *http.Client {
+	if s.hc != nil {
+		return s.hc
+	}
+	return http.DefaultClient
 }
 
 func (s *server) pid() int { return s.cmd.Process.Pid }

@@ -68,6 +68,11 @@ type GreetConfig struct {
 	MaxWaiting int
 	// SendTimeout bounds one greeting and one check; default 10 s.
 	SendTimeout time.Duration
+	// RetryFirst is how soon a greeting that failed is sent again; each
+	// further failure doubles it, up to MaxRetries retries. Defaults 250 ms
+	// and 5 (the last one about 8 s after the connection opened).
+	RetryFirst time.Duration
+	MaxRetries int
 }
 
 func (c *GreetConfig) fill() {
@@ -78,12 +83,16 @@ func (c *GreetConfig) fill() {
 	orDefault(&c.Retry, 5*time.Second)
 	orDefault(&c.MaxWaiting, 4096)
 	orDefault(&c.SendTimeout, 10*time.Second)
+	orDefault(&c.RetryFirst, 250*time.Millisecond)
+	orDefault(&c.MaxRetries, 5)
 }
 
 // GreetCounters are the greeter's cumulative totals.
 type GreetCounters struct {
 	Greeted  atomic.Uint64 // HAVEs the peer read, one per connected peer
-	Failed   atomic.Uint64 // greetings that could not be sent
+	Failed   atomic.Uint64 // greetings that could not be sent (each attempt)
+	Retried  atomic.Uint64 // greetings sent again after a failure
+	GaveUp   atomic.Uint64 // peers left ungreeted after every retry failed
 	Skipped  atomic.Uint64 // peers that refused Bitswap 1.2.0
 	Checks   atomic.Uint64 // fleet checks made
 	NotHeld  atomic.Uint64 // checks that found the block missing or failed
@@ -102,9 +111,11 @@ type Greeter struct {
 
 	mu   sync.Mutex
 	book *greetBook
-	// checked carries a check's result to Run, nodeUp a fleet change.
+	// checked carries a check's result to Run, nodeUp a fleet change,
+	// retry a greeting that failed (Run sets its timer).
 	checked chan bool
 	nodeUp  chan struct{}
+	retry   chan struct{}
 	// ctx ends the greetings in flight when Run returns.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -123,9 +134,10 @@ func NewGreeter(cfg GreetConfig, h host.Host, log *zap.Logger) (*Greeter, error)
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Greeter{
 		cfg: cfg, net: h.Network(), log: log,
-		book:    newGreetBook(cfg.Confirmed, cfg.Retry, cfg.MaxWaiting),
+		book:    newGreetBook(cfg),
 		checked: make(chan bool, 1),
 		nodeUp:  make(chan struct{}, 1),
+		retry:   make(chan struct{}, 1),
 		ctx:     ctx, cancel: cancel,
 	}
 	g.notify = &network.NotifyBundle{ConnectedF: g.connected, DisconnectedF: g.disconnected}
@@ -176,6 +188,7 @@ func (g *Greeter) do(acts greetActions, c network.Conn) {
 	if acts.overflow {
 		g.counters.Overflow.Add(1)
 	}
+	g.counters.Retried.Add(uint64(acts.retries))
 	if acts.check {
 		g.counters.Checks.Add(1)
 		go func() {
@@ -225,6 +238,9 @@ func (g *Greeter) Run(ctx context.Context) {
 	}()
 	tick := time.NewTicker(g.cfg.Retry)
 	defer tick.Stop()
+	// retryAt fires when the next failed greeting is due again.
+	retryAt := time.NewTimer(time.Hour)
+	defer retryAt.Stop()
 	g.mu.Lock()
 	acts := g.book.tick(time.Now())
 	g.mu.Unlock()
@@ -241,12 +257,24 @@ func (g *Greeter) Run(ctx context.Context) {
 			g.mu.Lock()
 			acts = g.book.tick(time.Now())
 			g.mu.Unlock()
+		case <-retryAt.C:
+			g.mu.Lock()
+			acts = g.book.tick(time.Now())
+			g.mu.Unlock()
+		case <-g.retry:
+			acts = greetActions{}
 		case <-g.nodeUp:
 			g.mu.Lock()
 			acts = g.book.nodeUp(time.Now())
 			g.mu.Unlock()
 		}
 		g.do(acts, nil)
+		g.mu.Lock()
+		next := g.book.nextRetry(time.Now())
+		g.mu.Unlock()
+		if !next.IsZero() {
+			retryAt.Reset(max(0, time.Until(next)))
+		}
 	}
 }
 
@@ -254,8 +282,10 @@ func (g *Greeter) Run(ctx context.Context) {
 // only, negotiated lazily: the protocol header and the message leave
 // together, with no negotiation round trip and no wait for identify (which
 // host.NewStream would add). The answer is read in the background. A
-// failure is not retried: the peer still gets everything it asks for, it
-// is only not told that Kitsune is worth asking.
+// greeting that fails is sent again after a backoff while the peer stays
+// connected (greetBook.failed): without it, a Kubo client off the LAN
+// never sends Kitsune a want. A peer that refuses the protocol is not
+// asked again.
 func (g *Greeter) greet(c network.Conn) {
 	p := c.RemotePeer()
 	s, lc, err := g.write(c)
@@ -306,12 +336,30 @@ func (g *Greeter) done(p peer.ID, err error) {
 	switch {
 	case refused(err):
 		g.counters.Skipped.Add(1)
+		g.mu.Lock()
+		g.book.sent(p)
+		g.mu.Unlock()
 		g.log.Debug("not greeted: no Bitswap 1.2.0", zap.Stringer("peer", p))
 	case err != nil:
 		g.counters.Failed.Add(1)
-		g.log.Debug("greeting", zap.Stringer("peer", p), zap.Error(err))
+		g.mu.Lock()
+		f := g.book.failed(p, time.Now())
+		g.mu.Unlock()
+		switch f {
+		case greetRetrying:
+			select {
+			case g.retry <- struct{}{}:
+			default: // Run will look at the book anyway
+			}
+		case greetGaveUp:
+			g.counters.GaveUp.Add(1)
+		}
+		g.log.Info("greeting failed", zap.Stringer("peer", p), zap.Stringer("then", f), zap.Error(err))
 	default:
 		g.counters.Greeted.Add(1)
+		g.mu.Lock()
+		g.book.sent(p)
+		g.mu.Unlock()
 		g.log.Debug("greeted", zap.Stringer("peer", p), zap.Stringer("have", g.cfg.CID))
 	}
 }
@@ -328,31 +376,67 @@ func refused(err error) bool {
 // greetActions is what greetBook asks the greeter to do.
 type greetActions struct {
 	greet    []peer.ID
+	retries  int  // how many of greet are sent again after a failure
 	check    bool // confirm the fleet holds the block
 	overflow bool // a peer was not queued
 }
 
+// greetFailure is what greetBook does with a greeting that failed.
+type greetFailure int
+
+const (
+	greetRetrying greetFailure = iota // sent again after a backoff
+	greetGaveUp                       // retries used up, or too many retrying
+	greetForgotten                    // the peer left meanwhile
+)
+
+func (f greetFailure) String() string {
+	switch f {
+	case greetRetrying:
+		return "retry"
+	case greetGaveUp:
+		return "give up"
+	default:
+		return "peer gone"
+	}
+}
+
+// greetRetry is a connected peer whose last greeting failed.
+type greetRetry struct {
+	failures int
+	// due is when to greet it again; zero while that greeting is out.
+	due time.Time
+}
+
 // greetBook decides whom to greet and when to check the fleet: each
-// connected peer is greeted once, and only while a check that the fleet
-// holds the block is fresh; checks are renewed before they expire, so
-// peers normally never wait. Its maps hold connected peers only; gone
-// forgets a peer.
+// connected peer is greeted once (again after a failure, with a backoff,
+// a bounded number of times), and only while a check that the fleet holds
+// the block is fresh; checks are renewed before they expire, so peers
+// normally never wait. Its maps hold connected peers only, at most
+// maxWaiting waiting and as many retrying; gone forgets a peer.
 type greetBook struct {
 	confirmedFor, retry time.Duration
 	maxWaiting          int
+	retryFirst          time.Duration
+	maxRetries          int
 
 	greeted     map[peer.ID]struct{}
 	waiting     map[peer.ID]struct{}
+	retrying    map[peer.ID]*greetRetry
 	checking    bool
 	confirmed   bool
 	confirmedAt time.Time
 	failedAt    time.Time // of the last check that failed
 }
 
-func newGreetBook(confirmedFor, retry time.Duration, maxWaiting int) *greetBook {
+// newGreetBook takes cfg's durations and bounds, defaults filled in.
+func newGreetBook(cfg GreetConfig) *greetBook {
+	cfg.fill()
 	return &greetBook{
-		confirmedFor: confirmedFor, retry: retry, maxWaiting: maxWaiting,
+		confirmedFor: cfg.Confirmed, retry: cfg.Retry, maxWaiting: cfg.MaxWaiting,
+		retryFirst: cfg.RetryFirst, maxRetries: cfg.MaxRetries,
 		greeted: map[peer.ID]struct{}{}, waiting: map[peer.ID]struct{}{},
+		retrying: map[peer.ID]*greetRetry{},
 	}
 }
 
@@ -419,12 +503,75 @@ func (b *greetBook) checked(ok bool, now time.Time) greetActions {
 		a.greet = append(a.greet, p)
 	}
 	clear(b.waiting)
+	b.dueRetries(now, &a)
 	return a
 }
 
-// tick starts a check when one is due.
+// tick starts a check when one is due, and sends again the failed
+// greetings whose backoff is over (while a check is fresh: a HAVE is only
+// ever sent for a block the fleet was seen to hold).
 func (b *greetBook) tick(now time.Time) greetActions {
-	return greetActions{check: b.startCheck(now)}
+	a := greetActions{check: b.startCheck(now)}
+	b.dueRetries(now, &a)
+	return a
+}
+
+// dueRetries adds to a the failed greetings due again, if a check is
+// fresh.
+func (b *greetBook) dueRetries(now time.Time, a *greetActions) {
+	if !b.fresh(now) {
+		return
+	}
+	for p, r := range b.retrying {
+		if !r.due.IsZero() && !now.Before(r.due) {
+			r.due = time.Time{}
+			a.greet = append(a.greet, p)
+			a.retries++
+		}
+	}
+}
+
+// failed is a greeting to p that failed (not refused): p is greeted again
+// after retryFirst, doubled at each further failure, until maxRetries
+// retries have failed.
+func (b *greetBook) failed(p peer.ID, now time.Time) greetFailure {
+	if _, ok := b.greeted[p]; !ok {
+		return greetForgotten
+	}
+	r := b.retrying[p]
+	if r == nil {
+		if len(b.retrying) >= b.maxWaiting {
+			return greetGaveUp
+		}
+		r = &greetRetry{}
+		b.retrying[p] = r
+	}
+	r.failures++
+	if r.failures > b.maxRetries {
+		delete(b.retrying, p)
+		return greetGaveUp
+	}
+	r.due = now.Add(b.retryFirst << (r.failures - 1))
+	return greetRetrying
+}
+
+// sent is a greeting to p that ended without failing (read, or refused).
+func (b *greetBook) sent(p peer.ID) { delete(b.retrying, p) }
+
+// nextRetry is when the earliest failed greeting is due again; zero if
+// none is waiting, or none can go before a check confirms the block
+// (checked sends those due by then).
+func (b *greetBook) nextRetry(now time.Time) time.Time {
+	var next time.Time
+	if !b.fresh(now) {
+		return next
+	}
+	for _, r := range b.retrying {
+		if !r.due.IsZero() && (next.IsZero() || r.due.Before(next)) {
+			next = r.due
+		}
+	}
+	return next
 }
 
 // nodeUp is a fleet node becoming usable: unless a confirmation stands or
@@ -443,4 +590,5 @@ func (b *greetBook) nodeUp(now time.Time) greetActions {
 func (b *greetBook) gone(p peer.ID) {
 	delete(b.greeted, p)
 	delete(b.waiting, p)
+	delete(b.retrying, p)
 }

@@ -13,8 +13,10 @@ import (
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	"github.com/ipfs/boxo/bitswap/network/bsnet"
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-msgio"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -71,13 +73,13 @@ func TestGreetBookSteps(t *testing.T) {
 			return g.connected(b, at(11*time.Second+confirmed/2))
 		}, nil, false, false},
 		{"an unrenewed confirmation expires", func(g *greetBook) greetActions {
-			g2 := newGreetBook(confirmed, retry, 2)
+			g2 := newGreetBook(GreetConfig{Confirmed: confirmed, Retry: retry, MaxWaiting: 2})
 			g2.checked(true, at(0))
 			g2.checking = true // a renewal hangs
 			return g2.connected(a, at(confirmed))
 		}, nil, false, false},
 	}
-	g := newGreetBook(confirmed, retry, 2)
+	g := newGreetBook(GreetConfig{Confirmed: confirmed, Retry: retry, MaxWaiting: 2})
 	for _, s := range steps {
 		got := s.do(g)
 		slices.Sort(got.greet)
@@ -88,27 +90,136 @@ func TestGreetBookSteps(t *testing.T) {
 	}
 }
 
-// Random event sequences: a peer is greeted at most once per connection,
-// only while a check is fresh, and the tables empty once everyone left.
+// A greeting that fails is sent again with a doubling backoff while the
+// peer stays connected and a check is fresh, a bounded number of times;
+// one that succeeds, or a peer leaving, ends the retries.
+func TestGreetBookRetries(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	ms := time.Millisecond
+	ps := testPeers(3)
+	a, b, c := ps[0], ps[1], ps[2]
+	cfg := GreetConfig{Confirmed: time.Minute, Retry: 5 * time.Second, MaxWaiting: 2, RetryFirst: 100 * ms, MaxRetries: 3}
+	type step struct {
+		name    string
+		do      func(*greetBook) (greetActions, greetFailure)
+		greet   []peer.ID
+		retries int
+		failure greetFailure // checked when the step reports a failure
+		next    time.Duration
+	}
+	fail := func(p peer.ID, d time.Duration) func(*greetBook) (greetActions, greetFailure) {
+		return func(g *greetBook) (greetActions, greetFailure) { return greetActions{}, g.failed(p, at(d)) }
+	}
+	tick := func(d time.Duration) func(*greetBook) (greetActions, greetFailure) {
+		return func(g *greetBook) (greetActions, greetFailure) { return g.tick(at(d)), -1 }
+	}
+	steps := []step{
+		{"confirmed, a and b greeted at once", func(g *greetBook) (greetActions, greetFailure) {
+			g.checked(true, at(0))
+			x := g.connected(a, at(0))
+			y := g.connected(b, at(0))
+			x.greet = append(x.greet, y.greet...)
+			return x, -1
+		}, []peer.ID{a, b}, 0, -1, 0},
+		{"a's greeting fails: retried after 100 ms", fail(a, 10*ms), nil, 0, greetRetrying, 110 * ms},
+		{"not before", tick(109 * ms), nil, 0, -1, 110 * ms},
+		{"then", tick(110 * ms), []peer.ID{a}, 1, -1, 0},
+		{"once only while it is out", tick(500 * ms), nil, 0, -1, 0},
+		{"fails again: 200 ms", fail(a, 600*ms), nil, 0, greetRetrying, 800 * ms},
+		{"b fails too: its own 100 ms", fail(b, 700*ms), nil, 0, greetRetrying, 800 * ms},
+		{"both due", tick(800 * ms), []peer.ID{a, b}, 2, -1, 0},
+		{"b got through: its retries end", func(g *greetBook) (greetActions, greetFailure) { g.sent(b); return greetActions{}, -1 }, nil, 0, -1, 0},
+		{"a's third failure: 400 ms", fail(a, 900*ms), nil, 0, greetRetrying, 1300 * ms},
+		{"no retry without a fresh check", func(g *greetBook) (greetActions, greetFailure) {
+			g.checking = true
+			g.checked(false, at(1000*ms))
+			return g.tick(at(1300 * ms)), -1
+		}, nil, 0, -1, 0},
+		{"the check passing sends what is due", func(g *greetBook) (greetActions, greetFailure) {
+			return g.checked(true, at(1400*ms)), -1
+		}, []peer.ID{a}, 1, -1, 0},
+		{"a's fourth failure is past MaxRetries: given up", fail(a, 1500*ms), nil, 0, greetGaveUp, 0},
+		{"a peer that left is not retried", func(g *greetBook) (greetActions, greetFailure) {
+			g.connected(c, at(1600*ms))
+			g.gone(c)
+			return greetActions{}, g.failed(c, at(1600*ms))
+		}, nil, 0, greetForgotten, 0},
+		{"leaving ends pending retries", func(g *greetBook) (greetActions, greetFailure) {
+			g.connected(c, at(1700*ms))
+			f := g.failed(c, at(1700*ms))
+			g.gone(c)
+			return g.tick(at(5 * time.Second)), f
+		}, nil, 0, greetRetrying, 0},
+		{"at most MaxWaiting retrying", func(g *greetBook) (greetActions, greetFailure) {
+			for _, p := range ps {
+				g.connected(p, at(6*time.Second))
+			}
+			g.failed(a, at(6*time.Second))
+			g.failed(b, at(6*time.Second))
+			return greetActions{}, g.failed(c, at(6*time.Second))
+		}, nil, 0, greetGaveUp, 6*time.Second + 100*ms},
+	}
+	g := newGreetBook(cfg)
+	for _, s := range steps {
+		got, f := s.do(g)
+		slices.Sort(got.greet)
+		if !slices.Equal(got.greet, s.greet) || got.retries != s.retries {
+			t.Fatalf("%s: greet %v (%d retries), want %v (%d)", s.name, got.greet, got.retries, s.greet, s.retries)
+		}
+		if s.failure >= 0 && f != s.failure {
+			t.Fatalf("%s: failure handled as %v, want %v", s.name, f, s.failure)
+		}
+		var want time.Time
+		if s.next > 0 {
+			want = at(s.next)
+		}
+		if next := g.nextRetry(at(s.next)); !next.Equal(want) {
+			t.Fatalf("%s: next retry at %v, want %v", s.name, next.Sub(t0), s.next)
+		}
+	}
+	for _, p := range ps {
+		g.gone(p)
+	}
+	if len(g.retrying) != 0 {
+		t.Fatalf("%d peers still retrying after every peer left", len(g.retrying))
+	}
+}
+
+// Random event sequences: a peer is greeted once per connection, again
+// only after a failure and at most MaxRetries times, only while a check is
+// fresh, and the tables stay bounded and empty once everyone left.
 func TestGreetBookRandom(t *testing.T) {
 	const confirmed, retry = 30 * time.Second, 2 * time.Second
+	retried := 0
 	for seed := range uint64(200) {
 		rng := rand.New(rand.NewPCG(seed, 1))
-		g := newGreetBook(confirmed, retry, 8)
+		const maxRetries = 3
+		g := newGreetBook(GreetConfig{Confirmed: confirmed, Retry: retry, MaxWaiting: 8, RetryFirst: 300 * time.Millisecond, MaxRetries: maxRetries})
 		ps := testPeers(12)
 		now := time.Unix(0, 0)
 		connected := map[peer.ID]bool{}
 		greetedThisConn := map[peer.ID]bool{}
+		out := map[peer.ID]bool{}      // a greeting on its way
+		failures := map[peer.ID]int{} // on this connection
 		var lastOK time.Time
 		checking := false
 		apply := func(a greetActions) {
+			retried += a.retries
 			for _, p := range a.greet {
 				if !connected[p] {
 					t.Fatalf("seed %d: greeted %s, not connected", seed, p)
 				}
-				if greetedThisConn[p] {
-					t.Fatalf("seed %d: greeted %s twice on one connection", seed, p)
+				if out[p] {
+					t.Fatalf("seed %d: greeted %s while a greeting was out", seed, p)
 				}
+				if greetedThisConn[p] && failures[p] == 0 {
+					t.Fatalf("seed %d: greeted %s twice on one connection without a failure", seed, p)
+				}
+				if failures[p] > maxRetries {
+					t.Fatalf("seed %d: greeted %s after %d failures", seed, p, failures[p])
+				}
+				out[p] = true
 				if lastOK.IsZero() || now.Sub(lastOK) >= confirmed {
 					t.Fatalf("seed %d: greeted %s without a fresh check", seed, p)
 				}
@@ -124,14 +235,27 @@ func TestGreetBookRandom(t *testing.T) {
 		for range 400 {
 			now = now.Add(time.Duration(rng.IntN(4000)) * time.Millisecond)
 			p := ps[rng.IntN(len(ps))]
-			switch rng.IntN(5) {
+			switch rng.IntN(6) {
 			case 0, 1:
 				connected[p] = true
 				apply(g.connected(p, now))
 			case 2:
 				connected[p] = false
 				greetedThisConn[p] = false
+				out[p] = false
+				failures[p] = 0
 				g.gone(p)
+			case 5:
+				if out[p] {
+					out[p] = false
+					if rng.IntN(2) == 0 {
+						failures[p]++
+						g.failed(p, now)
+					} else {
+						failures[p] = 0
+						g.sent(p)
+					}
+				}
 			case 3:
 				if checking {
 					checking = false
@@ -148,16 +272,19 @@ func TestGreetBookRandom(t *testing.T) {
 					apply(g.nodeUp(now))
 				}
 			}
-			if len(g.waiting) > 8 || len(g.greeted)+len(g.waiting) > len(ps) {
-				t.Fatalf("seed %d: tables %d waiting %d greeted", seed, len(g.waiting), len(g.greeted))
+			if len(g.waiting) > 8 || len(g.retrying) > 8 || len(g.greeted)+len(g.waiting) > len(ps) {
+				t.Fatalf("seed %d: tables %d waiting %d greeted %d retrying", seed, len(g.waiting), len(g.greeted), len(g.retrying))
 			}
 		}
 		for _, p := range ps {
 			g.gone(p)
 		}
-		if len(g.waiting) != 0 || len(g.greeted) != 0 {
+		if len(g.waiting) != 0 || len(g.greeted) != 0 || len(g.retrying) != 0 {
 			t.Fatalf("seed %d: tables not empty after every peer left: %d waiting, %d greeted", seed, len(g.waiting), len(g.greeted))
 		}
+	}
+	if retried == 0 {
+		t.Fatal("no greeting was ever retried: the sequences do not exercise retries")
 	}
 }
 
@@ -314,4 +441,58 @@ func TestGreeterNeedsTheFleetToHoldTheBlock(t *testing.T) {
 		n, _, _ := plog.snapshot()
 		return n == 1
 	})
+}
+
+// A greeting the peer cut off (here: it resets the first Bitswap stream
+// it gets) is sent again while the peer stays connected. Before retries,
+// such a peer was never greeted: a Kubo client off the LAN then never
+// asks Kitsune for anything (the CI hang of scenario 5).
+func TestGreeterRetriesAFailedGreeting(t *testing.T) {
+	e, front := newGreetEnv(t, func() (bool, error) { return true, nil })
+	p := newHost(t)
+	var mu sync.Mutex
+	streams := 0
+	var haves []cid.Cid
+	p.SetStreamHandler(greetProtocol, func(s network.Stream) {
+		mu.Lock()
+		streams++
+		first := streams == 1
+		mu.Unlock()
+		if first {
+			_ = s.Reset()
+			return
+		}
+		msg, _, err := bsmsg.FromMsgReader(msgio.NewVarintReaderSize(s, network.MessageSizeMax))
+		if err != nil {
+			_ = s.Reset()
+			return
+		}
+		mu.Lock()
+		haves = append(haves, msg.Haves()...)
+		mu.Unlock()
+		_ = s.Close()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Connect(ctx, front()); err != nil {
+		t.Fatal(err)
+	}
+	c := e.front.Counters()
+	eventually(t, 10*time.Second, func() string {
+		return fmt.Sprintf("a greeting read after a failed one: greeted %d, failed %d, retried %d", c.Greeted.Load(), c.Failed.Load(), c.Retried.Load())
+	}, func() bool { return c.Greeted.Load() == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if streams != 2 || len(haves) != 1 || !haves[0].Equals(EmptyDirCID) {
+		t.Fatalf("peer saw %d greeting streams and HAVEs %v; want 2 streams (the first reset), one HAVE for %s", streams, haves, EmptyDirCID)
+	}
+	if f, r, g := c.Failed.Load(), c.Retried.Load(), c.GaveUp.Load(); f != 1 || r != 1 || g != 0 {
+		t.Fatalf("counters failed %d retried %d gave up %d; want 1, 1, 0", f, r, g)
+	}
+	e.front.mu.Lock()
+	left := len(e.front.book.retrying)
+	e.front.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d peers still retrying after the greeting got through", left)
+	}
 }

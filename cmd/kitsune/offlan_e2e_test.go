@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,6 +134,32 @@ func (k *nsKitsune) logHas(s string) bool {
 	return err == nil && bytes.Contains(b, []byte(s))
 }
 
+// metrics is Kitsune's /metrics, read from inside its namespace.
+func (k *nsKitsune) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := k.ns.HTTPClient().Get(k.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// grepLines returns the lines of s that start with prefix.
+func grepLines(s, prefix string) string {
+	var out []string
+	for l := range strings.SplitSeq(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // info is Kitsune's peer info for one address.
 func (k *nsKitsune) info(t *testing.T, addr string) peer.AddrInfo {
 	t.Helper()
@@ -214,11 +241,11 @@ func (o *offLAN) fetch(t *testing.T, client *kubotest.Node, k *nsKitsune, limit 
 func waitGreeted(t *testing.T, ctx context.Context, client *kubotest.Node) {
 	t.Helper()
 	testkit.EventuallyEvery(t, 10*time.Second, 5*time.Millisecond, testkit.Say("the client got no greeting from Kitsune within 10s"), func() bool {
-		var st struct{ MessagesReceived uint64 }
-		if err := client.API.Request("bitswap/stat").Exec(ctx, &st); err != nil {
+		n, err := client.BitswapMessagesReceived(ctx)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return st.MessagesReceived > 0
+		return n > 0
 	})
 }
 
@@ -248,6 +275,11 @@ func TestOffLANKuboClientFetchesWithoutPeering(t *testing.T) {
 				t.Fatalf("off-LAN client (%s), no peering: cat of 2 MiB through Kitsune failed after %v: %v", client.AgentVersion, el, err)
 			}
 			t.Logf("off-LAN client (%s, fleet %s), no peering: 2 MiB through Kitsune in %v", client.AgentVersion, o.node.AgentVersion, el)
+			// The greeting that made it work shows on /metrics.
+			const greeted = `kitsune_greetings_total{outcome="greeted"} 1`
+			if m := k.metrics(t); !strings.Contains(m, greeted+"\n") {
+				t.Fatalf("/metrics has no %q; greeting series:\n%s", greeted, grepLines(m, "kitsune_greet"))
+			}
 		})
 	}
 }

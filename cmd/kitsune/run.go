@@ -249,6 +249,12 @@ func start(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) (*ki
 	if adm != nil {
 		reg = adm.reg
 	}
+	if err := greetMetrics(reg, greeter); err != nil {
+		_ = pre.Close(context.Background())
+		front.Close()
+		back.Close()
+		return nil, err
+	}
 	web, err := startHTTP(cfg.HTTP, front, back.ID(), pool, relay, reg, log.Named("http"))
 	if err != nil {
 		_ = pre.Close(context.Background())

@@ -264,6 +264,19 @@ func (n *Node) Peers(ctx context.Context) ([]peer.ID, error) {
 	return ids, nil
 }
 
+// BitswapMessagesReceived is how many Bitswap messages this node has
+// received (`bitswap stat`), from any peer. Its Bitswap client counts a
+// message before handling it, in the goroutine that marks the sender as a
+// broadcast target: above 0 on a node connected only to Kitsune means
+// Kitsune's greeting was taken.
+func (n *Node) BitswapMessagesReceived(ctx context.Context) (uint64, error) {
+	var st struct{ MessagesReceived uint64 }
+	if err := n.API.Request("bitswap/stat").Exec(ctx, &st); err != nil {
+		return 0, fmt.Errorf("bitswap stat: %w", err)
+	}
+	return st.MessagesReceived, nil
+}
+
 // Wantlist returns what peer p currently wants from this node: the server
 // side's ledger for p, not this node's own wants.
 func (n *Node) Wantlist(ctx context.Context, p peer.ID) ([]cid.Cid, error) {
