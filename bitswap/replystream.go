@@ -139,14 +139,20 @@ func (r streamReplies) finish(s network.Stream, to peer.ID, hold time.Duration) 
 }
 
 // writeReply writes msg in the format of the stream's protocol, as bsnet
-// does.
+// does (replies to 1.1.0 peers carry presences too, as boxo's do), but
+// without copying its blocks (replywire.go).
 func writeReply(s network.Stream, msg bsmsg.BitSwapMessage) error {
+	var v1 bool
 	switch s.Protocol() {
 	case bsnet.ProtocolBitswap, bsnet.ProtocolBitswapOneOne:
-		return msg.ToNetV1(s)
+		v1 = true
 	case bsnet.ProtocolBitswapOneZero, bsnet.ProtocolBitswapNoVers:
-		return msg.ToNetV0(s)
 	default:
 		return fmt.Errorf("bitswap reply: unexpected protocol %q", s.Protocol())
 	}
+	w, err := encodeReply(wirePartsOf(msg), v1)
+	if err != nil {
+		return err
+	}
+	return w.writeTo(s, yamuxFrame)
 }
