@@ -154,5 +154,5 @@ func writeReply(s network.Stream, msg bsmsg.BitSwapMessage) error {
 	if err != nil {
 		return err
 	}
-	return w.writeTo(s, yamuxFrame)
+	return w.writeTo(s, replyFrame)
 }

@@ -8,7 +8,7 @@ package bitswap
 // node's message they arrived in (inbound.go).
 //
 // The stream cuts what it is given into frames: yamux sends every Write
-// as frames of at most yamuxFrame bytes, and each frame costs a copy into
+// as frames of at most replyFrame bytes, and each frame costs a copy into
 // its send queue, a Noise or TLS record and a system call. Writing the
 // pieces one by one would add a small frame for each block's header and
 // another for each block's tail. frameWriter instead writes each block's
@@ -23,16 +23,17 @@ import (
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	blocks "github.com/ipfs/go-block-format"
+	"github.com/kitsune-lb/kitsune/proxy"
 	pool "github.com/libp2p/go-buffer-pool"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
 const fMessagePendingBytes = 5
 
-// yamuxFrame is the most data go-yamux puts in one frame with its default
-// MaxMessageSize (64 KiB, its 12-byte header included): a Write of a
-// multiple of it is sent as whole frames.
-const yamuxFrame = 64<<10 - 12
+// replyFrame is the most data the front host's yamux puts in one frame
+// (sized so that a frame is one Noise message): a Write of a multiple of
+// it is sent as whole frames.
+const replyFrame = proxy.FrontFrameData
 
 // wireMessage is a message ready to write: its pieces in order, each a
 // slice of head or a block's bytes.

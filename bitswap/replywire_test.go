@@ -224,14 +224,14 @@ func TestReplyWireBlocksUncopied(t *testing.T) {
 			aliased += len(p)
 		}
 		return rec.Write(p)
-	}), yamuxFrame); err != nil {
+	}), replyFrame); err != nil {
 		t.Fatal(err)
 	}
 	if got := bytes.Join(rec.writes, nil); !bytes.Equal(got, boxo.Bytes()) {
 		t.Fatalf("differs from ToNetV1 at byte %d", firstDiff(got, boxo.Bytes()))
 	}
 	// The header, the block's whole frames, its 48-byte tail.
-	if len(rec.writes) != 3 || aliased != len(data)-len(data)%yamuxFrame {
+	if len(rec.writes) != 3 || aliased != len(data)-len(data)%replyFrame {
 		sizes := []int{}
 		for _, w := range rec.writes {
 			sizes = append(sizes, len(w))

@@ -150,7 +150,7 @@ func NewFront(cfg FrontConfig) (host.Host, error) {
 		libp2p.Transport(wsT, wsOpts...),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
-		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.Muxer(yamux.ID, frontMuxer()),
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.UserAgent(UserAgent),
@@ -246,7 +246,7 @@ func NewBack(cfg BackConfig) (host.Host, error) {
 		// too. Noise stays for a node that offers nothing else.
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.Security(noise.ID, noise.New),
-		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.Muxer(yamux.ID, backMuxer()),
 		libp2p.ResourceManager(rm),
 		libp2p.UserAgent(UserAgent),
 		libp2p.DisableRelay(),
