@@ -385,9 +385,9 @@ type greetActions struct {
 type greetFailure int
 
 const (
-	greetRetrying greetFailure = iota // sent again after a backoff
-	greetGaveUp                       // retries used up, or too many retrying
-	greetForgotten                    // the peer left meanwhile
+	greetRetrying  greetFailure = iota // sent again after a backoff
+	greetGaveUp                        // retries used up, or too many retrying
+	greetForgotten                     // the peer left meanwhile
 )
 
 func (f greetFailure) String() string {

@@ -200,7 +200,7 @@ func TestGreetBookRandom(t *testing.T) {
 		now := time.Unix(0, 0)
 		connected := map[peer.ID]bool{}
 		greetedThisConn := map[peer.ID]bool{}
-		out := map[peer.ID]bool{}      // a greeting on its way
+		out := map[peer.ID]bool{}     // a greeting on its way
 		failures := map[peer.ID]int{} // on this connection
 		var lastOK time.Time
 		checking := false
