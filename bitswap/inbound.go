@@ -83,10 +83,11 @@ func (r *Relay) handleNodeStream(s network.Stream) {
 			}
 		}
 		if errors.Is(err, io.EOF) {
-			go func() {
-				_ = s.SetReadDeadline(time.Now().Add(closeTimeout))
-				_ = s.Close()
-			}()
+			// Closed here rather than in a goroutine of its own: this one
+			// has nothing left to do, and a node opens a stream for every
+			// message (a new goroutine per block, its stack grown again).
+			_ = s.SetReadDeadline(time.Now().Add(closeTimeout))
+			_ = s.Close()
 		} else {
 			_ = s.Reset()
 			r.log.Debug("bad stream from node", zap.Stringer("node", from), zap.Error(err))

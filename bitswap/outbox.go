@@ -54,8 +54,12 @@ type replyOutbox struct {
 	probeBytes int
 	wasFull    bool
 	running    bool
-	closed     bool
-	pace       replyPace
+	// idle is set while the writer waits for more (writerLinger); wake
+	// ends that wait.
+	idle   bool
+	wake   chan struct{}
+	closed bool
+	pace   replyPace
 }
 
 // replyHooks are the outbox's reports to the relay.
@@ -71,6 +75,7 @@ func newReplyOutbox(ctx context.Context, to peer.ID, link replySender, log *zap.
 		sent: h.sent, cut: h.cut, drained: h.drained, budget: budget,
 		probe:    replyProbe,
 		pace:     newReplyPace(window),
+		wake:     make(chan struct{}, 1),
 		presence: make(map[cid.Cid]pb.Message_BlockPresenceType)}
 }
 
@@ -130,18 +135,27 @@ func (o *replyOutbox) load() replyLoad {
 	return replyLoad{o.pending, o.flights}
 }
 
-// kickLocked starts the writer unless it runs, or there is no room for a
-// message (settle kicks again).
+// kickLocked starts the writer, or wakes it while it lingers, unless
+// there is no room for a message (settle kicks again).
 func (o *replyOutbox) kickLocked() {
-	if o.running || !o.roomLocked() {
+	if !o.roomLocked() {
+		return
+	}
+	if o.running {
+		if o.idle {
+			o.idle = false
+			o.wake <- struct{}{} // the buffer's one slot: idle was set
+		}
 		return
 	}
 	o.running = true
 	go o.run()
 }
 
-// run writes messages while there is something to send and room for it.
+// run writes messages while there is something to send and room for it,
+// then lingers (writerLinger) for more before it ends.
 func (o *replyOutbox) run() {
+	var linger *time.Timer
 	for {
 		o.mu.Lock()
 		wait := o.pace.backoff()
@@ -155,9 +169,24 @@ func (o *replyOutbox) run() {
 
 		o.mu.Lock()
 		if !o.roomLocked() {
-			o.running = false
+			if o.closed || o.ctx.Err() != nil {
+				o.idle, o.running = false, false
+				o.mu.Unlock()
+				return
+			}
+			o.idle = true
 			o.mu.Unlock()
-			return
+			if !awaitWake(o.ctx, o.wake, &linger) {
+				o.mu.Lock()
+				if o.idle {
+					o.idle, o.running = false, false
+					o.mu.Unlock()
+					return
+				}
+				<-o.wake // woken as the wait ended
+				o.mu.Unlock()
+			}
+			continue
 		}
 		msg := bsmsg.New(false)
 		size, n, target := 0, 0, o.pace.messageBytes()
@@ -277,11 +306,14 @@ type wantOutbox struct {
 	presence map[cid.Cid]pb.Message_BlockPresenceType
 	blocks   []blocks.Block
 	running  bool
+	idle     bool // as in replyOutbox
+	wake     chan struct{}
 	sender   bsnet.MessageSender
 }
 
 func newWantOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger) *wantOutbox {
-	return &wantOutbox{to: to, net: net, log: log, ops: make(map[cid.Cid]wantOp), presence: make(map[cid.Cid]pb.Message_BlockPresenceType)}
+	return &wantOutbox{to: to, net: net, log: log, ops: make(map[cid.Cid]wantOp), presence: make(map[cid.Cid]pb.Message_BlockPresenceType),
+		wake: make(chan struct{}, 1)}
 }
 
 func (o *wantOutbox) want(ctx context.Context, c cid.Cid, t pb.Message_Wantlist_WantType, prio int32) {
@@ -338,6 +370,10 @@ func (o *wantOutbox) reset() {
 
 func (o *wantOutbox) kickLocked(ctx context.Context) {
 	if o.running {
+		if o.idle {
+			o.idle = false
+			o.wake <- struct{}{} // the buffer's one slot: idle was set
+		}
 		return
 	}
 	o.running = true
@@ -349,12 +385,28 @@ func (o *wantOutbox) kickLocked(ctx context.Context) {
 const maxEntriesPerMessage = 4096
 
 func (o *wantOutbox) run(ctx context.Context) {
+	var linger *time.Timer
 	for {
 		o.mu.Lock()
-		if ctx.Err() != nil || (len(o.ops) == 0 && len(o.presence) == 0 && len(o.blocks) == 0) {
-			o.running = false
+		if ctx.Err() != nil {
+			o.idle, o.running = false, false
 			o.mu.Unlock()
 			return
+		}
+		if len(o.ops) == 0 && len(o.presence) == 0 && len(o.blocks) == 0 {
+			o.idle = true
+			o.mu.Unlock()
+			if !awaitWake(ctx, o.wake, &linger) {
+				o.mu.Lock()
+				if o.idle {
+					o.idle, o.running = false, false
+					o.mu.Unlock()
+					return
+				}
+				<-o.wake // woken as the wait ended
+				o.mu.Unlock()
+			}
+			continue
 		}
 		msg := bsmsg.New(false)
 		n := 0
@@ -418,4 +470,30 @@ func (o *wantOutbox) send(ctx context.Context, sender bsnet.MessageSender, msg b
 		return err
 	}
 	return nil
+}
+
+// writerLinger is how long an outbox's writer waits for more once it has
+// sent everything. A client fetching block after block finds it still
+// there, instead of a new goroutine per message whose stack grows again
+// through the stream code (docs/performance.md).
+const writerLinger = time.Second
+
+// awaitWake waits for a wake, for at most writerLinger, and reports
+// whether it came; the timer is made on first use and reused.
+func awaitWake(ctx context.Context, wake <-chan struct{}, t **time.Timer) bool {
+	if *t == nil {
+		*t = time.NewTimer(writerLinger)
+	} else {
+		(*t).Reset(writerLinger)
+	}
+	select {
+	case <-wake:
+		(*t).Stop()
+		return true
+	case <-(*t).C:
+		return false
+	case <-ctx.Done():
+		(*t).Stop()
+		return false
+	}
 }

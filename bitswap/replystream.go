@@ -106,27 +106,39 @@ func (r streamReplies) send(ctx context.Context, to peer.ID, msg bsmsg.BitSwapMe
 // returns when our side closed (zero if it did not), when and how the
 // receiver's ended, and an error closing ours.
 func (r streamReplies) finish(s network.Stream, to peer.ID, hold time.Duration) (closed, ended time.Time, endErr, closeErr error) {
+	if hold <= 0 {
+		// No probe: close, then read to the receiver's end in this
+		// goroutine, not in one more per reply. A receiver that closed
+		// before us is then seen ending after our close (delivered, not
+		// closed early): the same judgement of the link (pace.go
+		// observe), and the probe alone tells the kinds apart.
+		if err := s.CloseWrite(); err != nil {
+			return closed, ended, nil, err
+		}
+		closed = time.Now()
+		_ = s.SetReadDeadline(closed.Add(r.ackWait))
+		_, err := io.Copy(io.Discard, s)
+		return closed, time.Now(), err, nil
+	}
 	end := make(chan streamEnd, 1)
 	go func() {
 		// Receivers send nothing back; whatever one does is discarded.
 		_, err := io.Copy(io.Discard, s)
 		end <- streamEnd{time.Now(), err}
 	}()
-	if hold > 0 {
-		// The probe: a receiver that closes before we do is Helia.
-		t := time.NewTimer(probeWait(r.host.Peerstore().LatencyEWMA(to), hold))
-		defer t.Stop()
-		select {
-		case e := <-end:
-			if e.err != nil {
-				return closed, e.at, e.err, nil
-			}
-			if err := s.CloseWrite(); err != nil {
-				return closed, e.at, nil, err
-			}
-			return time.Now(), e.at, nil, nil
-		case <-t.C:
+	// The probe: a receiver that closes before we do is Helia.
+	t := time.NewTimer(probeWait(r.host.Peerstore().LatencyEWMA(to), hold))
+	defer t.Stop()
+	select {
+	case e := <-end:
+		if e.err != nil {
+			return closed, e.at, e.err, nil
 		}
+		if err := s.CloseWrite(); err != nil {
+			return closed, e.at, nil, err
+		}
+		return time.Now(), e.at, nil, nil
+	case <-t.C:
 	}
 	if err := s.CloseWrite(); err != nil {
 		return closed, ended, nil, err
