@@ -230,6 +230,11 @@ func TestCoreRecentBlocksBoundRetainedBuffers(t *testing.T) {
 			if held < budget/2 {
 				t.Errorf("%d recent blocks hold %d bytes: the budget (%d) is not used", len(kept), held, budget)
 			}
+			// And all of it goes once unused for the time.
+			kit.k.tick(kit.advance(2 * time.Minute))
+			if n := kit.k.recent.len(); n != 0 || kit.k.recent.bytes != 0 {
+				t.Errorf("%d recent blocks (%d bytes) left after their time", n, kit.k.recent.bytes)
+			}
 		})
 	}
 }
