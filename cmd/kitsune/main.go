@@ -63,7 +63,7 @@ type relayFlags struct {
 	MaxWantsPerPeer    int `env:"KITSUNE_MAX_WANTS_PER_PEER" default:"1024" help:"Wantlist entries kept per upstream peer; more are ignored."`
 	MaxInflightPerNode int `env:"KITSUNE_MAX_INFLIGHT_PER_NODE" default:"960" help:"Wants outstanding on one downstream node (Kubo queues at most 1024 per peer); more wait in Kitsune."`
 	MaxMessageSize     int `env:"KITSUNE_MAX_MESSAGE_SIZE" default:"4194304" help:"Largest Bitswap message accepted from an upstream peer, in bytes."`
-	RecentBlockBytes   int `env:"KITSUNE_RECENT_BLOCK_BYTES" default:"33554432" help:"Bytes of blocks kept after they were relayed, so the same wants from other peers moments later (a flash crowd on the same content) are answered without asking the fleet again; each goes 10s after its last use. 0 keeps none."`
+	RecentBlockBytes   int `env:"KITSUNE_RECENT_BLOCK_BYTES" default:"33554432" help:"Memory for blocks kept after they were relayed (the buffers they keep alive), so the same wants from other peers moments later (a flash crowd on the same content) are answered without asking the fleet again; each goes 10s after its last use. 0 keeps none."`
 }
 
 func main() {
