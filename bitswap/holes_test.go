@@ -426,3 +426,69 @@ func TestQueueServesLatePeerBeforeBusyBacklog(t *testing.T) {
 		t.Errorf("the busy client got %d blocks before the late client's 2 (node cap 2)", served)
 	}
 }
+
+// overlapNet takes each reply message in a fixed real time and records how
+// many were being written at once; its receiver reads first (boxo) or
+// closes first (Helia), on a fast link.
+type overlapNet struct {
+	closesFirst bool
+	mu          sync.Mutex
+	active, max int
+	blocks      int
+}
+
+func (n *overlapNet) send(_ context.Context, _ peer.ID, m bsmsg.BitSwapMessage, hold time.Duration, done func(replyEvents)) {
+	n.mu.Lock()
+	n.active++
+	n.max = max(n.max, n.active)
+	n.mu.Unlock()
+	time.Sleep(20 * time.Millisecond) // writing
+	n.mu.Lock()
+	n.active--
+	n.blocks += len(m.Blocks())
+	n.mu.Unlock()
+	t0 := time.Unix(1000, 0)
+	ev := replyEvents{opened: t0, wrote: t0.Add(time.Millisecond), held: hold > 0}
+	ev.closed = ev.wrote.Add(hold)
+	if n.closesFirst {
+		ev.ended = t0
+	} else {
+		ev.ended = ev.closed.Add(10 * time.Millisecond)
+	}
+	done(ev)
+}
+
+// To a receiver that reads first, on a fast link, two messages are
+// written at once (each reply stream starts with a small window: one at a
+// time leaves a long link idle); never more, and to Helia one at a time.
+func TestReplyWritesOverlapOnlyWhereSafe(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		closesFirst bool
+		want        int
+	}{{"boxo", false, maxWriters}, {"helia", true, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			net := &overlapNet{closesFirst: tc.closesFirst}
+			o := newReplyOutbox(context.Background(), "peer", net, zaptest.NewLogger(t), 0, replyWindow, replyHooks{})
+			defer o.close()
+			const n = 48
+			for range n {
+				o.addBlock(makeBlock(t, 256<<10))
+			}
+			eventually(t, 20*time.Second, func() string {
+				net.mu.Lock()
+				defer net.mu.Unlock()
+				return fmt.Sprintf("%d of %d blocks", net.blocks, n)
+			}, func() bool {
+				net.mu.Lock()
+				defer net.mu.Unlock()
+				return net.blocks == n
+			})
+			net.mu.Lock()
+			defer net.mu.Unlock()
+			if net.max != tc.want {
+				t.Fatalf("at most %d messages written at once, want %d", net.max, tc.want)
+			}
+		})
+	}
+}

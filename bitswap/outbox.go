@@ -56,8 +56,10 @@ type replyOutbox struct {
 	running    bool
 	// idle is set while the writer waits for more (writerLinger); wake
 	// ends that wait.
-	idle   bool
-	wake   chan struct{}
+	idle bool
+	wake chan struct{}
+	// writes counts the messages being written (send not returned).
+	writes int
 	closed bool
 	pace   replyPace
 }
@@ -213,15 +215,36 @@ func (o *replyOutbox) run() {
 			hold = o.probe
 			o.probeBytes = size
 		}
+		o.writes++
+		// Writing two at once (pace.writers), each message goes on a
+		// goroutine of its own and this one goes on dispatching; that is
+		// only to fast links with large messages, where a goroutine per
+		// message costs nothing next to the message. Otherwise this
+		// goroutine writes, as the lingering writer does.
+		concurrent := o.pace.writers() > 1
 		o.mu.Unlock()
 
-		o.link.send(o.ctx, o.to, msg, hold, func(ev replyEvents) { o.settle(ev, sending, presence, size) })
+		write := func() {
+			o.link.send(o.ctx, o.to, msg, hold, func(ev replyEvents) { o.settle(ev, sending, presence, size) })
+			o.mu.Lock()
+			o.writes--
+			if concurrent {
+				o.kickLocked()
+			}
+			o.mu.Unlock()
+		}
+		if concurrent {
+			go write()
+		} else {
+			write()
+		}
 	}
 }
 
 // roomLocked reports whether a message should go now: something to send,
-// fewer streams out than the most, and the bytes out below what the pace
-// allows (one message always may go). A probe holding its close is not
+// fewer streams out than the most, fewer messages being written than the
+// pace allows at once, and the bytes out below what it allows (one
+// message always may go). A probe holding its close is not
 // counted against the bytes: the replies behind it do not wait for it.
 func (o *replyOutbox) roomLocked() bool {
 	flights, bytes := o.flights, o.inFlight
@@ -229,7 +252,7 @@ func (o *replyOutbox) roomLocked() bool {
 		flights, bytes = flights-1, bytes-o.probeBytes
 	}
 	return !o.closed && o.ctx.Err() == nil && (len(o.blocks) > 0 || len(o.presence) > 0) &&
-		o.flights < maxRepliesInFlight && (flights == 0 || bytes < o.pace.inFlightBytes())
+		o.flights < maxRepliesInFlight && o.writes < o.pace.writers() && (flights == 0 || bytes < o.pace.inFlightBytes())
 }
 
 // settle takes the end of one message's stream: its blocks are done with,

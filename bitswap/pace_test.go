@@ -204,3 +204,45 @@ func TestReplyPaceBounds(t *testing.T) {
 		}
 	}
 }
+
+// Two messages are written at once only to a receiver that reads first
+// (its close is a delivery), on a link measured fast enough for full
+// messages, with no failure since: never to Helia, an unknown receiver, a
+// slow link or an unmeasured one.
+func TestReplyPaceWriters(t *testing.T) {
+	const kib = 1 << 10
+	sec := func(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
+	probe := replyResult{replyDelivered, true, 0, time.Millisecond}
+	fast := replyResult{replyDelivered, false, sec(0.05), sec(0.1)} // 1 MiB in 0.1 s
+	slow := replyResult{replyDelivered, false, sec(1), sec(4)}      // 1 MiB in 4 s
+	heliaProbe := replyResult{replyEarlyClose, true, time.Millisecond, time.Millisecond}
+	heliaFast := replyResult{replyEarlyClose, false, time.Millisecond, 0}
+	cut := replyResult{replyFailed, false, 0, sec(0.1)}
+	type step struct {
+		r    replyResult
+		size int
+	}
+	for _, tc := range []struct {
+		name  string
+		steps []step
+		want  int
+	}{
+		{"unknown receiver", nil, 1},
+		{"boxo, rate not measured yet", []step{{probe, 1 * kib}}, 1},
+		{"boxo on a fast link", []step{{probe, 1 * kib}, {fast, 1024 * kib}}, 2},
+		{"boxo on a slow link", []step{{probe, 1 * kib}, {slow, 1024 * kib}}, 1},
+		{"boxo, a message cut off", []step{{probe, 1 * kib}, {fast, 1024 * kib}, {cut, 1024 * kib}}, 1},
+		{"boxo, delivered again after a cut-off, still fast", []step{{probe, 1 * kib}, {fast, 1024 * kib}, {cut, 64 * kib}, {fast, 1024 * kib}, {fast, 1024 * kib}, {fast, 1024 * kib}}, 2},
+		{"Helia, however fast", []step{{heliaProbe, 1 * kib}, {heliaFast, 256 * kib}, {heliaFast, 256 * kib}, {heliaFast, 256 * kib}, {heliaFast, 256 * kib}, {heliaFast, 1024 * kib}}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newReplyPace(replyWindow)
+			for _, s := range tc.steps {
+				p.observe(s.r, s.size)
+			}
+			if got := p.writers(); got != tc.want {
+				t.Errorf("writers %d, want %d (kind %d, rate %.0f, target %d, failures %d)", got, tc.want, p.kind, p.rate, p.target, p.failures)
+			}
+		})
+	}
+}
