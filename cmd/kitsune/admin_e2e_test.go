@@ -31,7 +31,13 @@ func (k *kitsune) adminGet(t *testing.T, path string) (int, string) {
 	if k.admin.url() == "" {
 		t.Fatal("the admin server is off")
 	}
-	resp, err := http.Get(k.admin.url() + path)
+	return getWith(t, http.DefaultClient, k.admin.url()+path)
+}
+
+// getWith fetches url with hc and returns the status and body.
+func getWith(t *testing.T, hc *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := hc.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -137,16 +137,11 @@ func (k *nsKitsune) logHas(s string) bool {
 // metrics is Kitsune's /metrics, read from inside its namespace.
 func (k *nsKitsune) metrics(t *testing.T) string {
 	t.Helper()
-	resp, err := k.ns.HTTPClient().Get(k.Admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	code, body := getWith(t, k.ns.HTTPClient(), k.Admin+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d", code)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
+	return body
 }
 
 // grepLines returns the lines of s that start with prefix.
