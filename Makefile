@@ -96,7 +96,7 @@ test: kubo helia jsipfs helia-browser verified-fetch fmt-check vet
 # (FUZZTIME=1h make fuzz). A failing input is written to the package's
 # testdata/fuzz/<name>/ and then runs with every `go test`. The first run
 # builds the instrumented dependencies (minutes); later runs reuse them.
-FUZZ_TARGETS   := ./bitswap:FuzzRelayMessages ./preload:FuzzParseRefs ./proxy:FuzzLoadKeyFile ./cmd/kitsune:FuzzReadPrivateKey
+FUZZ_TARGETS   := ./bitswap:FuzzRelayMessages ./bitswap:FuzzReplyWire ./preload:FuzzParseRefs ./proxy:FuzzLoadKeyFile ./cmd/kitsune:FuzzReadPrivateKey
 FUZZTIME       ?= 10m
 # Counted, not timed: a timed run that ends while a slow input (an RSA key)
 # is running fails with "context deadline exceeded" on a loaded machine.
