@@ -11,10 +11,11 @@ package bitswap
 // as frames of at most replyFrame bytes, and each frame costs a copy into
 // its send queue, a Noise or TLS record and a system call. Writing the
 // pieces one by one would add a small frame for each block's header and
-// another for each block's tail. frameWriter instead writes each block's
-// whole frames straight from its buffer and gathers the pieces between
-// them (a block's tail, the next block's header) into one frame of their
-// own: one small frame per block boundary, a copy of less than a frame.
+// another for each block's tail. writeTo instead writes each block's whole
+// frames straight from its buffer, ending where the block ends, and
+// gathers what is left (the block's first len%frame bytes, the headers
+// before them) into one frame: one small frame per block, a copy of less
+// than a frame.
 
 import (
 	"encoding/binary"
@@ -227,10 +228,13 @@ func presenceSize(p bsmsg.BlockPresence) int {
 	return n
 }
 
-// writeTo writes the message's pieces to w in as few frames of frame
-// bytes as it can without copying more than a frame per block: a piece's
-// whole frames go straight to w, the rest is gathered in a scratch buffer
-// that is written when full or before the next whole frames.
+// writeTo writes the message's pieces to w in frames of frame bytes,
+// copying less than a frame per block: of a block of at least a frame,
+// the first len%frame bytes join the bytes before them (its header, the
+// message's) in a scratch buffer, and the rest, whole frames, go straight
+// to w. A block's whole frames end where the block does, so its header
+// and head share the only small frame it costs; smaller pieces are
+// gathered in the scratch buffer, which is written when full.
 func (m wireMessage) writeTo(w io.Writer, frame int) error {
 	limit := min(frame, m.size)
 	buf := pool.Get(limit)
@@ -244,19 +248,9 @@ func (m wireMessage) writeTo(w io.Writer, frame int) error {
 		scratch = scratch[:0]
 		return err
 	}
-	for _, p := range m.pieces {
+	// gather copies p into the scratch buffer, writing it whenever full.
+	gather := func(p []byte) error {
 		for len(p) > 0 {
-			if len(p) >= frame {
-				if err := flush(); err != nil {
-					return err
-				}
-				whole := len(p) - len(p)%frame
-				if _, err := w.Write(p[:whole]); err != nil {
-					return err
-				}
-				p = p[whole:]
-				continue
-			}
 			n := copy(buf[len(scratch):limit], p)
 			scratch = buf[:len(scratch)+n]
 			p = p[n:]
@@ -265,6 +259,25 @@ func (m wireMessage) writeTo(w io.Writer, frame int) error {
 					return err
 				}
 			}
+		}
+		return nil
+	}
+	for _, p := range m.pieces {
+		if len(p) < frame {
+			if err := gather(p); err != nil {
+				return err
+			}
+			continue
+		}
+		head := len(p) % frame
+		if err := gather(p[:head]); err != nil {
+			return err
+		}
+		if err := flush(); err != nil {
+			return err
+		}
+		if _, err := w.Write(p[head:]); err != nil {
+			return err
 		}
 	}
 	return flush()
