@@ -354,7 +354,7 @@ func (g *Greeter) done(p peer.ID, err error) {
 		case greetGaveUp:
 			g.counters.GaveUp.Add(1)
 		}
-		g.log.Info("greeting failed", zap.Stringer("peer", p), zap.Stringer("then", f), zap.Error(err))
+		g.log.Debug("greeting failed", zap.Stringer("peer", p), zap.Stringer("then", f), zap.Error(err))
 	default:
 		g.counters.Greeted.Add(1)
 		g.mu.Lock()
