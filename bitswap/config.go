@@ -55,6 +55,14 @@ type Config struct {
 	// keeps none.
 	RecentBlockBytes int
 	RecentBlockTTL   time.Duration
+	// RewantInterval is how long a want may stay unanswered on a node
+	// before it is sent there again. A want, or the node's answer, can be
+	// lost on the way (a failed send to the node, a reply stream reset
+	// mid-message: Kubo forgets a want once it tried to send the block),
+	// and a node that keeps answering other wants is never timed out, so
+	// without this the want would wait for ever. Kubo merges a want it
+	// still holds, so sending one again costs a few bytes.
+	RewantInterval time.Duration
 }
 
 // Defaults for Config.
@@ -71,6 +79,7 @@ const (
 	DefaultExhaustedTTL       = 2 * time.Minute
 	DefaultRecentBlockBytes   = 32 << 20
 	DefaultRecentBlockTTL     = 10 * time.Second
+	DefaultRewantInterval     = 15 * time.Second
 )
 
 func (c *Config) fill() {
@@ -87,6 +96,7 @@ func (c *Config) fill() {
 	orDefault(&c.CheckInterval, 100*time.Millisecond)
 	orDefault(&c.ExhaustedTTL, DefaultExhaustedTTL)
 	orDefault(&c.RecentBlockTTL, DefaultRecentBlockTTL)
+	orDefault(&c.RewantInterval, DefaultRewantInterval)
 	// Negative stays negative (none): fill runs more than once (New and
 	// newCore), and a 0 would become the default the second time.
 	if c.RecentBlockBytes == 0 {

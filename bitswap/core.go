@@ -71,6 +71,8 @@ type core struct {
 	// picking and skip serve pick (core_nodes.go).
 	picking pickArgs
 	skip    func(peer.ID) bool
+	// rewantScan is when the wants out were last looked at for rewants.
+	rewantScan time.Time
 }
 
 func newCore(cfg Config, fx effects, down fleet, counters *Counters) *core {
@@ -172,6 +174,9 @@ type want struct {
 	node     peer.ID
 	sentType pb.Message_Wantlist_WantType
 	sentAt   time.Time
+	// askedAt is when the node was last sent w (sentAt, an upgrade, or a
+	// rewant): the node is asked again RewantInterval after it.
+	askedAt time.Time
 	// prio is the priority Kitsune gives w downstream (see priority).
 	prio int32
 	// tried holds the nodes that answered DONT_HAVE in this round (nil
@@ -371,6 +376,7 @@ func (k *core) addWanter(p peer.ID, u *upstream, e bsmsg.Entry) {
 	case w.node != "" && w.sentType == pb.Message_Wantlist_Have && wr.wantType == pb.Message_Wantlist_Block:
 		// Upgrade on the node that has the want already.
 		w.sentType = pb.Message_Wantlist_Block
+		w.askedAt = k.now
 		k.fx.want(w.node, w.c, w.sentType, w.prio)
 		k.counters.WantsForwarded.Add(1)
 	}

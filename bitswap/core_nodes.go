@@ -57,7 +57,7 @@ func (k *core) assign(w *want, id peer.ID) {
 		w.prio = k.priority(w)
 	}
 	w.node = id
-	w.sentAt = k.now
+	w.sentAt, w.askedAt = k.now, k.now
 	w.sentType = pb.Message_Wantlist_Have
 	if w.needsBlock() {
 		w.sentType = pb.Message_Wantlist_Block
@@ -478,6 +478,7 @@ func (k *core) deliverHave(w *want, from peer.ID) {
 	if len(w.wanters) > 0 {
 		if w.sentType == pb.Message_Wantlist_Have {
 			w.sentType = pb.Message_Wantlist_Block
+			w.askedAt = k.now
 			k.fx.want(from, w.c, w.sentType, w.prio)
 			k.counters.WantsForwarded.Add(1)
 		}
@@ -588,5 +589,38 @@ func (k *core) tick(now time.Time) {
 			k.assign(w, alt)
 		}
 	}
+	k.rewant(now)
 	k.drainQueue()
+}
+
+// rewant sends again the wants that have waited on their node for
+// RewantInterval since it was last asked. Kubo answers every want (block
+// or DONT_HAVE), but a want can be lost on the way there (a failed send),
+// or its answer on the way back (Kubo drops the want from its ledger once
+// it tried to send the block, whether or not the stream got through). The
+// node stays heard through its answers to other wants, so the silence
+// check above never moves the want, and with one node there is nowhere
+// to move it: without this, its wanter waited for ever (a boxo client
+// asks again every 30 s, but a want Kitsune already has out was not sent
+// again). Scanned four times per interval, not at every tick.
+func (k *core) rewant(now time.Time) {
+	every := k.cfg.RewantInterval
+	if now.Sub(k.rewantScan) < every/4 {
+		return
+	}
+	k.rewantScan = now
+	for id, n := range k.nodes {
+		if !n.connected {
+			continue
+		}
+		for _, w := range n.wants {
+			if now.Sub(w.askedAt) < every {
+				continue
+			}
+			w.askedAt = now
+			n.asked.put(w.c, id)
+			k.fx.want(id, w.c, w.sentType, w.prio)
+			k.counters.Rewants.Add(1)
+		}
+	}
 }

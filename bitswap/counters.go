@@ -21,6 +21,7 @@ type Counters struct {
 	DroppedMessages atomic.Uint64 // upstream messages over the size limit
 	DroppedWants    atomic.Uint64 // want entries over a peer's limit, or refused wants they evicted
 	Timeouts        atomic.Uint64 // wants moved off a silent node
+	Rewants         atomic.Uint64 // wants sent again to a node that left them unanswered (RewantInterval)
 	MissFetches     atomic.Uint64 // nodes asked to fetch a block nobody had
 	MissFetched     atomic.Uint64 // ... that got it
 	// Reverse sessions (preload): the fleet fetching from upstream peers.

@@ -31,6 +31,9 @@ var (
 	descDontHaves    = desc("kitsune_relay_dont_haves_total", "DONT_HAVEs: in = received from downstream nodes, out = sent to upstream peers.", "direction")
 	descFailovers    = desc("kitsune_relay_failovers_total", "Wants moved to another downstream node (DONT_HAVE, node lost or ejected, silence).")
 	descTimeouts     = desc("kitsune_relay_timeouts_total", "Wants moved off a downstream node that stayed silent.")
+	descRewants      = desc("kitsune_relay_rewants_total", "Wants sent again to a downstream node that left them unanswered for the rewant interval (a want or its answer lost on the way).")
+	descRepliesCut   = desc("kitsune_relay_replies_cut_off_total", "Reply messages an upstream peer cut off (reset the stream); their blocks are sent again.")
+	descRepliesGone  = desc("kitsune_relay_replies_given_up_blocks_total", "Blocks of reply messages given up after a peer cut off too many in a row (the peer must ask again).")
 	descDeferred     = desc("kitsune_relay_deferred_blocks_total", "Blocks set aside for an upstream peer whose reply queue was full (it reads slower than the fleet delivers); they are fetched again once it catches up.")
 	descRecentHits   = desc("kitsune_relay_recent_hits_total", "Wants answered from the blocks relayed in the last seconds (a flash crowd on the same content), without asking the fleet again.")
 	descUnsolicited  = desc("kitsune_relay_unsolicited_blocks_total", "Blocks from downstream nodes that nobody wanted any more.")
@@ -58,7 +61,7 @@ var (
 var pulled = []*prometheus.Desc{
 	descUpstreamConns, descConnsLimit, descUpstreamPeers, descDeferred,
 	descWants, descQueued, descRelayPeers, descWantsTotal, descBlocksTotal, descBytesTotal,
-	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descUnsolicited, descDroppedMsgs,
+	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descRewants, descRepliesCut, descRepliesGone, descUnsolicited, descDroppedMsgs,
 	descDroppedWants, descMissFetches, descMissFetched, descRevWants, descRevBlocks, descRevBytes,
 	descNodes, descNodeState, descNodeUp, descInFlight, descLatency, descPing, descSent, descAnswers,
 	descNodeFailures, descEjections, descNodeMisses, descRecentHits,
@@ -148,6 +151,9 @@ func (c pullCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDontHaves, rc.DontHavesOut.Load(), "out")
 	counter(descFailovers, rc.Failovers.Load())
 	counter(descTimeouts, rc.Timeouts.Load())
+	counter(descRewants, rc.Rewants.Load())
+	counter(descRepliesCut, rc.RepliesCutOff.Load())
+	counter(descRepliesGone, rc.RepliesGivenUp.Load())
 	counter(descUnsolicited, rc.Unsolicited.Load())
 	counter(descDeferred, rc.Deferred.Load())
 	counter(descRecentHits, rc.RecentHits.Load())
