@@ -97,6 +97,9 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 					}
 				}
 				m["failures"] = float64(len(errs))
+				if len(errs) > 0 && srv != nil {
+					e.logf("  %s run %d: %s", p, r+1, relaySummary(ctx, srv))
+				}
 				if len(errs) == len(clients) {
 					return m, fmt.Errorf("every client failed; first: %w", errs[0])
 				}

@@ -206,7 +206,7 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 		err := load(lctx, srv.info)
 		cancel()
 		if err != nil {
-			return err
+			return fmt.Errorf("%w; %s", err, relaySummary(ctx, srv))
 		}
 		rounds++
 	}

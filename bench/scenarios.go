@@ -208,7 +208,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 				_, size, err := c.fetchDAG(ctx, root)
 				el := time.Since(t0)
 				if err != nil {
-					return nil, err
+					return nil, withRelaySummary(ctx, err, srv)
 				}
 				after, ok2 := e.proxyUsage(p, srv)
 				usageMetrics(m, p, before, after, ok && ok2, srv != nil)
@@ -492,6 +492,9 @@ func (e *env) scenario3() (*ScenarioResult, error) {
 					}
 				}
 				m := map[string]float64{"failures": float64(len(errs))}
+				if len(errs) > 0 && srv != nil {
+					e.logf("  %s run %d: %s", p, r+1, relaySummary(ctx, srv))
+				}
 				if len(errs) == len(clients) {
 					return m, fmt.Errorf("every client failed; first: %w", errs[0])
 				}

@@ -99,22 +99,56 @@ func waitGreeted(ctx context.Context, c *kubotest.Node, srv *server) error {
 // greetSummary is Kitsune's greeting counters, from its /metrics, on one
 // line: what to read when a client never asked Kitsune for anything.
 func greetSummary(ctx context.Context, srv *server) string {
+	return metricsSummary(ctx, srv, "greeting", "kitsune_greet")
+}
+
+// relayCounters are the /metrics series that tell where a want went: in
+// and out, answered, moved, sent again, set aside, replies cut off or
+// given up, and what is still out.
+var relayCounters = []string{
+	"kitsune_relay_wants", "kitsune_relay_blocks_total", "kitsune_relay_dont_haves_total",
+	"kitsune_relay_failovers_total", "kitsune_relay_timeouts_total", "kitsune_relay_rewants_total",
+	"kitsune_relay_deferred_blocks_total", "kitsune_relay_replies_", "kitsune_relay_unsolicited_blocks_total",
+	"kitsune_relay_recent_hits_total", "kitsune_downstream_wants_in_flight",
+}
+
+// relaySummary is Kitsune's relay counters on one line: what to read
+// when a fetch through Kitsune failed (a want lost, or never answered).
+func relaySummary(ctx context.Context, srv *server) string {
+	return metricsSummary(ctx, srv, "relay", relayCounters...)
+}
+
+// withRelaySummary adds Kitsune's relay counters to a failed fetch's
+// error; err as it is when the path has no Kitsune.
+func withRelaySummary(ctx context.Context, err error, srv *server) error {
+	if srv == nil {
+		return err
+	}
+	return fmt.Errorf("%w; %s", err, relaySummary(ctx, srv))
+}
+
+// metricsSummary is the series of Kitsune's /metrics whose names start
+// with one of prefixes, on one line; what says which counters they are.
+func metricsSummary(ctx context.Context, srv *server, what string, prefixes ...string) string {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	body, err := srv.scrape(ctx)
 	if err != nil {
-		return fmt.Sprintf("Kitsune's greeting counters unavailable: %v", err)
+		return fmt.Sprintf("Kitsune's %s counters unavailable: %v", what, err)
 	}
 	var out []string
 	for line := range strings.SplitSeq(body, "\n") {
-		if strings.HasPrefix(line, "kitsune_greet") {
-			out = append(out, line)
+		for _, p := range prefixes {
+			if strings.HasPrefix(line, p) {
+				out = append(out, line)
+				break
+			}
 		}
 	}
 	if len(out) == 0 {
-		return "Kitsune's /metrics has no greeting counters"
+		return fmt.Sprintf("Kitsune's /metrics has no %s counters", what)
 	}
-	return "Kitsune's greeting counters: " + strings.Join(out, ", ")
+	return fmt.Sprintf("Kitsune's %s counters: %s", what, strings.Join(out, ", "))
 }
 
 // ---- Scenario 5: a client across a WAN link ----
@@ -212,7 +246,7 @@ func (e *env) scenario5() (*ScenarioResult, error) {
 				if err != nil {
 					err = fmt.Errorf("ipfs cat after %v (limit %v): %w", el.Round(time.Millisecond), limit, err)
 					if srv != nil {
-						err = fmt.Errorf("%w; %s", err, greetSummary(ctx, srv))
+						err = fmt.Errorf("%w; %s; %s", err, greetSummary(ctx, srv), relaySummary(ctx, srv))
 						e.logf("  s5 kitsune stderr (tail):\n%s", srv.stderrTail())
 					}
 					return nil, err
