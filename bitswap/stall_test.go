@@ -367,3 +367,31 @@ func (w *lossyWorld) open() int {
 	}
 	return n
 }
+
+// Through the real relay: a node that lost one want (it answers the
+// other, so it is not silent) is asked for it again after RewantInterval,
+// and the peer gets its block. Before rewants the peer waited for ever.
+func TestLostWantAskedAgain(t *testing.T) {
+	e := newEnv(t, Config{CheckInterval: 20 * time.Millisecond, RewantInterval: 300 * time.Millisecond})
+	lost, kept := makeBlock(t, 3000), makeBlock(t, 3000)
+	n := e.addRawNode(lost, kept)
+	p := e.newRawPeer()
+	p.wantBlock(lost.Cid(), kept.Cid())
+	eventually(t, 5*time.Second, func() string { return "both wants at the node: " + e.describe() },
+		func() bool { return n.wlog.isOpen(lost.Cid()) && n.wlog.isOpen(kept.Cid()) })
+	n.sendBlocks(kept) // the node is heard; the other want is lost
+	eventually(t, 5*time.Second, func() string { return "the kept block relayed: " + e.describe() },
+		func() bool { _, c := p.got.block(kept.Cid()); return c == 1 })
+	eventually(t, 5*time.Second, func() string { return "the lost want sent again: " + e.describe() },
+		func() bool { return n.wlog.wanted(lost.Cid()) >= 2 })
+	if got := e.relay.Counters().Rewants.Load(); got < 1 {
+		t.Fatalf("Rewants=%d after the want was sent again", got)
+	}
+	if n.wlog.wanted(kept.Cid()) != 1 {
+		t.Errorf("the answered want was sent %d times", n.wlog.wanted(kept.Cid()))
+	}
+	n.sendBlocks(lost)
+	eventually(t, 5*time.Second, func() string { return "the lost block relayed: " + e.describe() },
+		func() bool { _, c := p.got.block(lost.Cid()); return c == 1 })
+	e.waitIdle()
+}
