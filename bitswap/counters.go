@@ -22,8 +22,15 @@ type Counters struct {
 	DroppedWants    atomic.Uint64 // want entries over a peer's limit, or refused wants they evicted
 	Timeouts        atomic.Uint64 // wants moved off a silent node
 	Rewants         atomic.Uint64 // wants sent again to a node that left them unanswered (RewantInterval)
-	MissFetches     atomic.Uint64 // nodes asked to fetch a block nobody had
-	MissFetched     atomic.Uint64 // ... that got it
+	// Messages lost between Kitsune and its nodes: wantlist messages whose
+	// send failed (dropped: their wants are asked again by rewant), and
+	// node streams reset (a message that did not parse, or no memory for
+	// it in the back host's resource manager; Kubo has forgotten the wants
+	// its blocks answered).
+	NodeSendFailures atomic.Uint64
+	NodeStreamErrors atomic.Uint64
+	MissFetches      atomic.Uint64 // nodes asked to fetch a block nobody had
+	MissFetched      atomic.Uint64 // ... that got it
 	// Reverse sessions (preload): the fleet fetching from upstream peers.
 	ReverseWants  atomic.Uint64 // downstream wants forwarded upstream
 	ReverseBlocks atomic.Uint64 // blocks relayed from upstream to the fleet

@@ -90,6 +90,7 @@ func (r *Relay) handleNodeStream(s network.Stream) {
 			_ = s.Close()
 		} else {
 			_ = s.Reset()
+			r.counters.NodeStreamErrors.Add(1)
 			r.log.Debug("bad stream from node", zap.Stringer("node", from), zap.Error(err))
 		}
 		return

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
@@ -323,6 +324,9 @@ type wantOutbox struct {
 	to  peer.ID
 	net bsnet.BitSwapNetwork
 	log *zap.Logger
+	// failures, when set, counts the messages whose send failed (they are
+	// dropped).
+	failures *atomic.Uint64
 
 	mu       sync.Mutex
 	ops      map[cid.Cid]wantOp
@@ -467,6 +471,9 @@ func (o *wantOutbox) run(ctx context.Context) {
 
 		err := o.send(ctx, sender, msg)
 		if err != nil {
+			if o.failures != nil {
+				o.failures.Add(1)
+			}
 			o.log.Debug("send to downstream failed", zap.Stringer("node", o.to), zap.Error(err))
 		}
 	}

@@ -299,6 +299,7 @@ func (r *Relay) nodeOutLocked(id peer.ID) *wantOutbox {
 	o := r.nodeOut[id]
 	if o == nil {
 		o = newWantOutbox(id, r.back, r.log)
+		o.failures = &r.counters.NodeSendFailures
 		r.nodeOut[id] = o
 	}
 	return o

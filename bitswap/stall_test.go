@@ -10,6 +10,7 @@ package bitswap
 // for its blocks with a deadline.
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -20,6 +21,7 @@ import (
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	pb "github.com/ipfs/boxo/bitswap/message/pb"
+	"github.com/ipfs/boxo/bitswap/network/bsnet"
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -394,4 +396,24 @@ func TestLostWantAskedAgain(t *testing.T) {
 	eventually(t, 5*time.Second, func() string { return "the lost block relayed: " + e.describe() },
 		func() bool { _, c := p.got.block(lost.Cid()); return c == 1 })
 	e.waitIdle()
+}
+
+// A node's message cut off mid-way is counted: Kubo has forgotten the
+// wants it answered, and only the rewant brings them back.
+func TestNodeStreamErrorsCounted(t *testing.T) {
+	e := newEnv(t, Config{})
+	n := e.addRawNode()
+	ctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+	defer cancel()
+	s, err := n.h.NewStream(ctx, e.back.ID(), bsnet.ProtocolBitswap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A frame announcing 100 bytes, of which 3 come before the end.
+	if _, err := s.Write([]byte{100, 1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.CloseWrite()
+	eventually(t, 5*time.Second, func() string { return "the cut-off message counted: " + e.describe() },
+		func() bool { return e.relay.Counters().NodeStreamErrors.Load() == 1 })
 }

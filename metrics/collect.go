@@ -32,6 +32,8 @@ var (
 	descFailovers    = desc("kitsune_relay_failovers_total", "Wants moved to another downstream node (DONT_HAVE, node lost or ejected, silence).")
 	descTimeouts     = desc("kitsune_relay_timeouts_total", "Wants moved off a downstream node that stayed silent.")
 	descRewants      = desc("kitsune_relay_rewants_total", "Wants sent again to a downstream node that left them unanswered for the rewant interval (a want or its answer lost on the way).")
+	descNodeSendFail = desc("kitsune_relay_node_send_failures_total", "Wantlist messages to downstream nodes whose send failed (dropped; their wants are sent again by the rewant).")
+	descNodeStreamEr = desc("kitsune_relay_node_stream_errors_total", "Streams from downstream nodes reset mid-message (a message that did not parse, or no memory for it within the back host's limits); the node has forgotten the wants its message answered.")
 	descRepliesCut   = desc("kitsune_relay_replies_cut_off_total", "Reply messages an upstream peer cut off (reset the stream); their blocks are sent again.")
 	descRepliesGone  = desc("kitsune_relay_replies_given_up_blocks_total", "Blocks of reply messages given up after a peer cut off too many in a row (the peer must ask again).")
 	descDeferred     = desc("kitsune_relay_deferred_blocks_total", "Blocks set aside for an upstream peer whose reply queue was full (it reads slower than the fleet delivers); they are fetched again once it catches up.")
@@ -61,7 +63,7 @@ var (
 var pulled = []*prometheus.Desc{
 	descUpstreamConns, descConnsLimit, descUpstreamPeers, descDeferred,
 	descWants, descQueued, descRelayPeers, descWantsTotal, descBlocksTotal, descBytesTotal,
-	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descRewants, descRepliesCut, descRepliesGone, descUnsolicited, descDroppedMsgs,
+	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descRewants, descNodeSendFail, descNodeStreamEr, descRepliesCut, descRepliesGone, descUnsolicited, descDroppedMsgs,
 	descDroppedWants, descMissFetches, descMissFetched, descRevWants, descRevBlocks, descRevBytes,
 	descNodes, descNodeState, descNodeUp, descInFlight, descLatency, descPing, descSent, descAnswers,
 	descNodeFailures, descEjections, descNodeMisses, descRecentHits,
@@ -152,6 +154,8 @@ func (c pullCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descFailovers, rc.Failovers.Load())
 	counter(descTimeouts, rc.Timeouts.Load())
 	counter(descRewants, rc.Rewants.Load())
+	counter(descNodeSendFail, rc.NodeSendFailures.Load())
+	counter(descNodeStreamEr, rc.NodeStreamErrors.Load())
 	counter(descRepliesCut, rc.RepliesCutOff.Load())
 	counter(descRepliesGone, rc.RepliesGivenUp.Load())
 	counter(descUnsolicited, rc.Unsolicited.Load())
