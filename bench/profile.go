@@ -197,6 +197,9 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 			gib := (bytes1 - bytes0) / (1 << 30)
 			e.logf("  %s: %d rounds of load; %.2f GiB relayed, %.2f CPU-s, %.2f CPU-s per GiB",
 				filepath.Base(file), rounds, gib, cpu1-cpu0, (cpu1-cpu0)/gib)
+			// Whether any want needed sending again, or any reply was cut
+			// off, under this load.
+			e.logf("  %s: %s", filepath.Base(file), relaySummary(ctx, srv))
 			// And once the load is over (after a collection): what is
 			// still held then is kept past its use.
 			return fetchTo(ctx, srv.admin+"/debug/pprof/heap?gc=1", strings.TrimSuffix(file, ".pprof")+"-heap-after.pprof")
