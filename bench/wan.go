@@ -108,7 +108,7 @@ func greetSummary(ctx context.Context, srv *server) string {
 var relayCounters = []string{
 	"kitsune_relay_wants", "kitsune_relay_blocks_total", "kitsune_relay_dont_haves_total",
 	"kitsune_relay_failovers_total", "kitsune_relay_timeouts_total", "kitsune_relay_rewants_total", "kitsune_relay_node_",
-	"kitsune_relay_deferred_blocks_total", "kitsune_relay_replies_", "kitsune_relay_unsolicited_blocks_total",
+	"kitsune_relay_deferred_blocks_total", "kitsune_relay_held_wants_total", "kitsune_relay_replies_", "kitsune_relay_unsolicited_blocks_total",
 	"kitsune_relay_recent_hits_total", "kitsune_downstream_wants_in_flight",
 }
 

@@ -310,6 +310,7 @@ func (k *core) expire(now time.Time) {
 		for p := range w.wanters {
 			if u := k.peers[p]; u != nil {
 				delete(u.wants, w.c)
+				delete(u.deferred, w.c)
 				delete(u.exhausted, w.c)
 				k.protect(p, u)
 			}
@@ -437,14 +438,17 @@ func (k *core) deliverBlock(w *want, b blocks.Block, from peer.ID) {
 				continue
 			}
 			k.fx.block(p, b)
+			u.sent(heldBytes(b))
 		} else {
 			k.fx.presence(p, w.c, pb.Message_Have)
 			k.counters.HavesOut.Add(1)
 		}
 		delete(u.wants, w.c)
+		delete(u.deferred, w.c)
 		delete(u.exhausted, w.c)
 		k.protect(p, u)
 	}
+	defer k.resumeWanters(w)
 	delete(k.wants, w.c)
 	k.setExhausted(w, false)
 	k.queue.remove(w)
@@ -470,6 +474,7 @@ func (k *core) deliverHave(w *want, from peer.ID) {
 			k.fx.presence(p, w.c, pb.Message_Have)
 			k.counters.HavesOut.Add(1)
 			delete(u.wants, w.c)
+			delete(u.deferred, w.c)
 			delete(u.exhausted, w.c)
 			k.protect(p, u)
 		}
@@ -590,7 +595,22 @@ func (k *core) tick(now time.Time) {
 		}
 	}
 	k.rewant(now)
+	// Wants held back go out as the peer's blocks arrive (deliverBlock);
+	// this catches the rest (a cancel, a DONT_HAVE freeing room).
+	for p, u := range k.peers {
+		k.resume(p, u)
+	}
 	k.drainQueue()
+}
+
+// resumeWanters lets w's wanters send on wants held back, now that w's
+// block freed room for them.
+func (k *core) resumeWanters(w *want) {
+	for p := range w.wanters {
+		if u := k.peers[p]; u != nil {
+			k.resume(p, u)
+		}
+	}
 }
 
 // rewant sends again the wants that have waited on their node for

@@ -87,6 +87,7 @@ func (f *recFx) presence(to peer.ID, c cid.Cid, t pb.Message_BlockPresenceType) 
 }
 
 func (f *recFx) backlogged(peer.ID) bool { return false }
+func (f *recFx) queued(peer.ID) int      { return 0 }
 
 func (f *recFx) protect(p peer.ID, on bool) {
 	if on == f.protected[p] {

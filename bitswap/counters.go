@@ -36,6 +36,7 @@ type Counters struct {
 	ReverseBlocks atomic.Uint64 // blocks relayed from upstream to the fleet
 	ReverseBytes  atomic.Uint64
 	Deferred      atomic.Uint64 // blocks set aside for a peer reading too slowly
+	HeldWants     atomic.Uint64 // wants held back until a peer's outbox has room for their blocks
 	BadBlocks     atomic.Uint64 // blocks from a node that match nothing it was asked for
 	// Reply messages an upstream peer cut off (reset the stream): their
 	// blocks are sent again, smaller; those given up after

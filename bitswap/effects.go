@@ -51,6 +51,16 @@ func (f shellFx) backlogged(to peer.ID) bool {
 	return o != nil && o.reply.full()
 }
 
+func (f shellFx) queued(to peer.ID) int {
+	if l := f.r.locals[to]; l != nil {
+		return l.bytes
+	}
+	if o := f.r.outs[to]; o != nil {
+		return o.reply.queued()
+	}
+	return 0
+}
+
 func (f shellFx) protect(p peer.ID, on bool) {
 	if f.r.locals[p] != nil {
 		return // no connection to keep

@@ -221,7 +221,8 @@ func TestFetchNodeDownFailsOver(t *testing.T) {
 }
 
 // A reader slower than the fleet holds at most about the buffer budget:
-// further blocks are set aside and fetched again once it caught up.
+// further wants wait in Kitsune (or their blocks are set aside and
+// fetched again) until it caught up.
 func TestFetchSlowReader(t *testing.T) {
 	e := newEnv(t, Config{PeerBufferBytes: 20000})
 	var bs []blocks.Block
@@ -236,8 +237,8 @@ func TestFetchSlowReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, func() string { return "blocks deferred: " + e.describe() },
-		func() bool { return e.relay.Counters().Deferred.Load() > 0 })
+	eventually(t, 5*time.Second, func() string { return "wants held back or blocks deferred: " + e.describe() },
+		func() bool { c := e.relay.Counters(); return c.Deferred.Load()+c.HeldWants.Load() > 0 })
 	got := collect(t, ch, 20*time.Second)
 	if len(got) != len(bs) {
 		t.Fatalf("%d of %d", len(got), len(bs))

@@ -348,7 +348,9 @@ func TestReverseAsksOnlyPeersAtCallerAddress(t *testing.T) {
 // client's wants (priority 1) behind its whole backlog; Kitsune sets the
 // priority itself, so a newly arrived client's wants come next.
 func TestLatePeerOutranksBusyPeerBacklogDownstream(t *testing.T) {
-	e := newEnv(t, Config{})
+	// A budget that lets all 300 wants out at once: this is about the
+	// node's queue, not the per-peer hold-back (TestHeldBackWants*).
+	e := newEnv(t, Config{PeerBufferBytes: 1 << 30})
 	n := e.addRawNode() // answers nothing: the backlog stays
 	busy, late := e.newRawPeer(), e.newRawPeer()
 	backlog := missingCids(t, 300)

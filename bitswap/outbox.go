@@ -95,6 +95,13 @@ func (o *replyOutbox) full() bool {
 	return false
 }
 
+// queued is the memory the blocks queued or in flight keep alive.
+func (o *replyOutbox) queued() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.pending
+}
+
 func (o *replyOutbox) addBlock(b blocks.Block) {
 	o.mu.Lock()
 	defer o.mu.Unlock()

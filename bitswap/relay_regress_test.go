@@ -13,7 +13,7 @@ import (
 // gets wants (or, when the outbox merges them, bare cancels) for CIDs
 // nobody wants any more.
 func TestUpstreamDisconnectSendsNothingNew(t *testing.T) {
-	e := newEnv(t, Config{MaxInFlightPerNode: 30})
+	e := newEnv(t, Config{MaxInFlightPerNode: 30, PeerBufferBytes: 1 << 30}) // all 100 out: not held back per peer
 	n := e.addRawNode()
 	p := e.newRawPeer()
 	p.wantBlock(missingCids(t, 100)...)

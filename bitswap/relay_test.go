@@ -358,7 +358,7 @@ func TestCancel(t *testing.T) {
 
 // A peer that leaves takes its wants with it, outstanding and queued.
 func TestUpstreamDisconnect(t *testing.T) {
-	e := newEnv(t, Config{MaxInFlightPerNode: 30})
+	e := newEnv(t, Config{MaxInFlightPerNode: 30, PeerBufferBytes: 1 << 30}) // all 100 out: not held back per peer
 	n := e.addRawNode()
 	p := e.newRawPeer()
 	cs := missingCids(t, 100)

@@ -36,6 +36,7 @@ var (
 	descNodeStreamEr = desc("kitsune_relay_node_stream_errors_total", "Streams from downstream nodes reset mid-message (a message that did not parse, or no memory for it within the back host's limits); the node has forgotten the wants its message answered.")
 	descRepliesCut   = desc("kitsune_relay_replies_cut_off_total", "Reply messages an upstream peer cut off (reset the stream); their blocks are sent again.")
 	descRepliesGone  = desc("kitsune_relay_replies_given_up_blocks_total", "Blocks of reply messages given up after a peer cut off too many in a row (the peer must ask again).")
+	descHeldWants    = desc("kitsune_relay_held_wants_total", "Wants held back in Kitsune until an upstream peer's reply queue had room for their blocks (it wanted more than 16 MiB at once, or reads slower than the fleet delivers), rather than fetched and set aside.")
 	descDeferred     = desc("kitsune_relay_deferred_blocks_total", "Blocks set aside for an upstream peer whose reply queue was full (it reads slower than the fleet delivers); they are fetched again once it catches up.")
 	descRecentHits   = desc("kitsune_relay_recent_hits_total", "Wants answered from the blocks relayed in the last seconds (a flash crowd on the same content), without asking the fleet again.")
 	descUnsolicited  = desc("kitsune_relay_unsolicited_blocks_total", "Blocks from downstream nodes that nobody wanted any more.")
@@ -61,7 +62,7 @@ var (
 )
 
 var pulled = []*prometheus.Desc{
-	descUpstreamConns, descConnsLimit, descUpstreamPeers, descDeferred,
+	descUpstreamConns, descConnsLimit, descUpstreamPeers, descDeferred, descHeldWants,
 	descWants, descQueued, descRelayPeers, descWantsTotal, descBlocksTotal, descBytesTotal,
 	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descRewants, descNodeSendFail, descNodeStreamEr, descRepliesCut, descRepliesGone, descUnsolicited, descDroppedMsgs,
 	descDroppedWants, descMissFetches, descMissFetched, descRevWants, descRevBlocks, descRevBytes,
@@ -160,6 +161,7 @@ func (c pullCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRepliesGone, rc.RepliesGivenUp.Load())
 	counter(descUnsolicited, rc.Unsolicited.Load())
 	counter(descDeferred, rc.Deferred.Load())
+	counter(descHeldWants, rc.HeldWants.Load())
 	counter(descRecentHits, rc.RecentHits.Load())
 	counter(descDroppedMsgs, rc.DroppedMessages.Load())
 	counter(descDroppedWants, rc.DroppedWants.Load())

@@ -130,6 +130,7 @@ func TestPulledMetrics(t *testing.T) {
 
 	r.c.WantsReceived.Add(10)
 	r.c.Deferred.Add(11)
+	r.c.HeldWants.Add(19)
 	r.c.RecentHits.Add(13)
 	r.c.Rewants.Add(14)
 	r.c.RepliesCutOff.Add(15)
@@ -165,6 +166,7 @@ func TestPulledMetrics(t *testing.T) {
 	must(t, reg, 2, "kitsune_relay_dont_haves_total", "direction", "out")
 	must(t, reg, 4, "kitsune_relay_failovers_total")
 	must(t, reg, 11, "kitsune_relay_deferred_blocks_total")
+	must(t, reg, 19, "kitsune_relay_held_wants_total")
 	must(t, reg, 13, "kitsune_relay_recent_hits_total")
 	must(t, reg, 14, "kitsune_relay_rewants_total")
 	must(t, reg, 15, "kitsune_relay_replies_cut_off_total")
