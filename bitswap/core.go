@@ -387,7 +387,9 @@ func (u *upstream) sent(held int) {
 // resume sends p's deferred wants on, most urgent first, while it has
 // room for them and its outbox is not full.
 func (k *core) resume(p peer.ID, u *upstream) {
-	if len(u.deferred) == 0 {
+	// Checked before sorting too: at every block and tick, most calls
+	// find no room.
+	if len(u.deferred) == 0 || k.fx.backlogged(p) || wantsOut(u) >= k.wantsOutCap(p, u) {
 		return
 	}
 	type held struct {

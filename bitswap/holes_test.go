@@ -429,22 +429,36 @@ func TestQueueServesLatePeerBeforeBusyBacklog(t *testing.T) {
 	}
 }
 
-// overlapNet takes each reply message in a fixed real time and records how
-// many were being written at once; its receiver reads first (boxo) or
-// closes first (Helia), on a fast link.
+// overlapNet records how many reply messages were being written at
+// once; its receiver reads first (boxo) or closes first (Helia), on a
+// fast link. A message is "written" until a second one is being written
+// beside it (the event the test looks for), or for at most 20 ms when
+// none comes.
 type overlapNet struct {
 	closesFirst bool
 	mu          sync.Mutex
 	active, max int
 	blocks      int
+	overlap     chan struct{} // closed when two are written at once
 }
 
 func (n *overlapNet) send(_ context.Context, _ peer.ID, m bsmsg.BitSwapMessage, hold time.Duration, done func(replyEvents)) {
 	n.mu.Lock()
+	if n.overlap == nil {
+		n.overlap = make(chan struct{})
+	}
 	n.active++
 	n.max = max(n.max, n.active)
+	overlap := n.overlap
+	if n.active > 1 {
+		close(n.overlap)
+		n.overlap = make(chan struct{})
+	}
 	n.mu.Unlock()
-	time.Sleep(20 * time.Millisecond) // writing
+	select { // writing
+	case <-overlap:
+	case <-time.After(20 * time.Millisecond):
+	}
 	n.mu.Lock()
 	n.active--
 	n.blocks += len(m.Blocks())

@@ -184,17 +184,8 @@ func (o *replyOutbox) run() {
 				o.mu.Unlock()
 				return
 			}
-			o.idle = true
-			o.mu.Unlock()
-			if !awaitWake(o.ctx, o.wake, &linger) {
-				o.mu.Lock()
-				if o.idle {
-					o.idle, o.running = false, false
-					o.mu.Unlock()
-					return
-				}
-				<-o.wake // woken as the wait ended
-				o.mu.Unlock()
+			if lingerIdle(o.ctx, &o.mu, o.wake, &o.idle, &o.running, &linger) {
+				return
 			}
 			continue
 		}
@@ -428,17 +419,8 @@ func (o *wantOutbox) run(ctx context.Context) {
 			return
 		}
 		if len(o.ops) == 0 && len(o.presence) == 0 && len(o.blocks) == 0 {
-			o.idle = true
-			o.mu.Unlock()
-			if !awaitWake(ctx, o.wake, &linger) {
-				o.mu.Lock()
-				if o.idle {
-					o.idle, o.running = false, false
-					o.mu.Unlock()
-					return
-				}
-				<-o.wake // woken as the wait ended
-				o.mu.Unlock()
+			if lingerIdle(ctx, &o.mu, o.wake, &o.idle, &o.running, &linger) {
+				return
 			}
 			continue
 		}
@@ -514,6 +496,27 @@ func (o *wantOutbox) send(ctx context.Context, sender bsnet.MessageSender, msg b
 // there, instead of a new goroutine per message whose stack grows again
 // through the stream code (docs/performance.md).
 const writerLinger = time.Second
+
+// lingerIdle is a writer's step when it has nothing to send, called
+// with mu held: it marks the writer idle, unlocks mu and waits for a wake
+// (awaitWake). It reports whether the writer ends: nothing came and no
+// kick claimed it meanwhile, so it is marked not running. A kick that
+// raced the end of the wait is taken off wake.
+func lingerIdle(ctx context.Context, mu *sync.Mutex, wake chan struct{}, idle, running *bool, linger **time.Timer) bool {
+	*idle = true
+	mu.Unlock()
+	if awaitWake(ctx, wake, linger) {
+		return false
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if *idle {
+		*idle, *running = false, false
+		return true
+	}
+	<-wake // woken as the wait ended
+	return false
+}
 
 // awaitWake waits for a wake, for at most writerLinger, and reports
 // whether it came; the timer is made on first use and reused.
