@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"syscall"
 	"time"
@@ -43,6 +44,9 @@ type forwarderConfig struct {
 	// Targets are the nodes' p2p multiaddrs; clients are assigned to them
 	// round robin in the order they open their first stream.
 	Targets []peer.AddrInfo `json:"targets"`
+	// CPUProfile, when set, is where the forwarder writes a CPU profile of
+	// its whole life (see Profile): the floor's side of a comparison.
+	CPUProfile string `json:"cpu_profile,omitempty"`
 }
 
 // MaybeRunForwarder runs the floor forwarder and exits when the process
@@ -70,6 +74,17 @@ func runForwarder(raw string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if cfg.CPUProfile != "" {
+		out, err := os.Create(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	f, err := newForwarder(cfg)
 	if err != nil {
 		return err

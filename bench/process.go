@@ -250,11 +250,16 @@ func startKitsuneOn(wrap func(*exec.Cmd), listen, bin string, feat kitsuneFeatur
 
 // startForwarder runs this very binary again as the floor forwarder.
 func startForwarder(targets []peer.AddrInfo, dir string) (*server, error) {
+	return startForwarderWith(forwarderConfig{Listen: "/ip4/127.0.0.1/tcp/0", Targets: targets}, dir)
+}
+
+// startForwarderWith is startForwarder with the whole configuration.
+func startForwarderWith(cfg forwarderConfig, dir string) (*server, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	raw, err := json.Marshal(forwarderConfig{Listen: "/ip4/127.0.0.1/tcp/0", Targets: targets})
+	raw, err := json.Marshal(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,9 @@ import (
 // another fetches scenario 1's file, one while rounds of scenario 3's
 // clients fetch theirs, and a heap profile with scenario 4's idle
 // connections held. Files: cpu-throughput.pprof, cpu-many-clients.pprof,
-// heap-idle.pprof in dir, each only when cfg asks for that scenario (all
+// heap-idle.pprof in dir, and cpu-throughput-floor.pprof: the floor
+// forwarder under scenario 1's load for the same time, to set Kitsune's
+// profile against, each only when cfg asks for that scenario (all
 // when it names none). Read them with `go tool pprof -top FILE`.
 func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 	tb.Helper()
@@ -84,6 +86,53 @@ func (e *env) profileThroughput(ctx context.Context, dir string, seconds int) er
 	if err != nil {
 		return fmt.Errorf("throughput profile: %w", err)
 	}
+	if err := e.profileFloor(ctx, e.a, root, filepath.Join(dir, "cpu-throughput-floor.pprof"), seconds); err != nil {
+		return fmt.Errorf("floor throughput profile: %w", err)
+	}
+	return nil
+}
+
+// profileFloor runs scenario 1's load through the floor forwarder for
+// seconds, the forwarder writing its own CPU profile (it has no admin
+// port), and logs its CPU seconds per GiB relayed as profileCPU does
+// Kitsune's: with both in one run, what Kitsune spends beyond the floor
+// shows function by function (`go tool pprof -top -diff_base`).
+func (e *env) profileFloor(ctx context.Context, node *kubotest.Node, root cid.Cid, file string, seconds int) error {
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return err
+	}
+	srv, err := startForwarderWith(forwarderConfig{Listen: "/ip4/127.0.0.1/tcp/0", Targets: []peer.AddrInfo{tcpAddrInfo(node)}, CPUProfile: abs}, e.tb.TempDir())
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	u0, err := srv.usage()
+	if err != nil {
+		return err
+	}
+	var relayed int64
+	rounds := 0
+	for deadline := time.Now().Add(time.Duration(seconds) * time.Second); time.Now().Before(deadline); rounds++ {
+		lctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		n, err := fetchOnce(lctx, srv.info, root)
+		cancel()
+		if err != nil {
+			return err
+		}
+		relayed += n
+	}
+	u1, err := srv.usage()
+	if err != nil {
+		return err
+	}
+	srv.stop() // the forwarder writes its profile as it exits
+	if _, err := os.Stat(abs); err != nil {
+		return fmt.Errorf("the forwarder wrote no profile: %w", err)
+	}
+	gib := float64(relayed) / (1 << 30)
+	e.logf("  %s: %d rounds of load; %.2f GiB relayed, %.2f CPU-s, %.2f CPU-s per GiB",
+		filepath.Base(file), rounds, gib, u1.CPUSeconds-u0.CPUSeconds, (u1.CPUSeconds-u0.CPUSeconds)/gib)
 	return nil
 }
 
