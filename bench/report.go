@@ -26,6 +26,8 @@ var columns = map[int][]column{
 		{head: "of which warm-up (s)", key: "warm_s", format: "%.2f"},
 		{head: "proxy CPU (s)", key: "proxy_cpu_s", format: "%.2f"},
 		{head: "proxy CPU s per GiB", key: "proxy_cpu_s_per_gib", format: "%.1f"},
+		{head: "node CPU (s)", key: "node_cpu_s", format: "%.2f"},
+		{head: "client CPU (s)", key: "client_cpu_s", format: "%.2f"},
 		{head: "proxy peak RSS (MiB)", key: "proxy_peak_rss_mib", format: "%.0f"},
 	},
 	2: {
@@ -72,6 +74,8 @@ var columns = map[int][]column{
 		{head: "fleet blocks", key: "fleet_blocks", format: "%.0f"},
 		{head: "failed fetches (all runs)", key: "failures", sum: true, format: "%.0f"},
 		{head: "proxy CPU s per GiB", key: "proxy_cpu_s_per_gib", format: "%.1f"},
+		{head: "node CPU (s)", key: "node_cpu_s", format: "%.2f"},
+		{head: "client CPU (s)", key: "client_cpu_s", format: "%.2f"},
 		{head: "proxy peak RSS (MiB)", key: "proxy_peak_rss_mib", format: "%.0f"},
 	},
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,6 +180,12 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 	}
 	data = nil
 	nodes := []*kubotest.Node{e.a}
+	// The node's and the client's CPU too: the three share two cores, so
+	// what the proxy spends comes out of theirs (docs/performance.md).
+	nodePID, err := kuboPID(e.kuboBin, e.a.Dir)
+	if err != nil {
+		return nil, err
+	}
 	paths := []string{pathDirect, pathKitsune, pathKitsuneTCP, pathKuboFront, pathFloor}
 	for r := range cfg.Runs12 {
 		for _, p := range rotate(paths, r) {
@@ -198,6 +205,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 				}
 				m := map[string]float64{}
 				before, ok := e.proxyUsage(p, srv)
+				others0, othersOK := sideUsage(nodePID)
 				t0 := time.Now()
 				if p == pathKuboFront {
 					if err := warm(ctx, e.front, root); err != nil {
@@ -215,6 +223,10 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 				if cpu, ok := m["proxy_cpu_s"]; ok {
 					m["proxy_cpu_s_per_gib"] = cpu / (float64(cfg.FileSize) / gib)
 				}
+				if others1, ok := sideUsage(nodePID); ok && othersOK {
+					m["node_cpu_s"] = others1.node - others0.node
+					m["client_cpu_s"] = others1.client - others0.client
+				}
 				e.noteTransport(ctx, sr, p, srv)
 				sum, n, err := c.fileHash(ctx, root)
 				if err != nil {
@@ -231,6 +243,16 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 		}
 	}
 	return sr, nil
+}
+
+// sideCPU is the CPU seconds so far of the Kubo node and of this
+// process, whose client is the only thing working during a fetch.
+type sideCPU struct{ node, client float64 }
+
+func sideUsage(nodePID int) (sideCPU, bool) {
+	n, err1 := readUsage(nodePID)
+	c, err2 := readUsage(os.Getpid())
+	return sideCPU{node: n.CPUSeconds, client: c.CPUSeconds}, err1 == nil && err2 == nil
 }
 
 // pctStat turns a ratio (path/direct) into percent added over direct.
