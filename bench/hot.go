@@ -28,7 +28,7 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 		Setup: "The file on one Kubo node. direct: every client connected to that node; kitsune: every client to Kitsune in front of it. " +
 			"Clients connect first; the clock runs from the moment all start fetching until the last finishes. " +
 			"*fleet blocks* is what Kitsune received from the node (`kitsune_relay_blocks_total{direction=\"in\"}`), against the blocks in the file.",
-		keyMetrics: []string{"aggregate_mib_per_s", "failures", "fleet_blocks", "file_blocks"},
+		keyMetrics: []string{"aggregate_mib_per_s", "failures", "fleet_blocks", "file_blocks", "proxy_cpu_s_per_gib", "clients_cpu_s_per_gib", "node_cpu_s_per_gib", "proxy_peak_rss_mib"},
 		vs: []vsSpec{
 			{"aggregate", "aggregate_mib_per_s", pathOverDirect},
 		},
@@ -78,12 +78,22 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 					}
 				}
 				before, ok := e.proxyUsage(p, srv)
+				others0, errOthers := e.sideUsageOf(nodes)
 				cf := fetchCrowd(ctx, clients, 2*time.Minute, true, func(ctx context.Context, _ int, c *client) (int, int64, error) {
 					return c.fetchDAG(ctx, root)
 				})
 				errs := cf.errs
 				after, ok2 := e.proxyUsage(p, srv)
 				m := map[string]float64{"failures": float64(len(errs))}
+				// The clients and the node share the machine's cores with
+				// Kitsune: what each spent per GiB fetched.
+				if others1, err := e.sideUsageOf(nodes); err == nil && errOthers == nil && cf.bytesDAG > 0 {
+					served := float64(cf.bytesDAG) / gib
+					m["node_cpu_s"] = others1.node - others0.node
+					m["client_cpu_s"] = others1.client - others0.client
+					m["clients_cpu_s_per_gib"] = m["client_cpu_s"] / served
+					m["node_cpu_s_per_gib"] = m["node_cpu_s"] / served
+				}
 				if srv != nil {
 					fleet1, err := srv.metric(ctx, blocksInSeries)
 					if err != nil {

@@ -25,7 +25,8 @@ import (
 // another fetches scenario 1's file, one while rounds of scenario 3's
 // clients fetch theirs, and a heap profile with scenario 4's idle
 // connections held. Files: cpu-throughput.pprof, cpu-many-clients.pprof,
-// heap-idle.pprof in dir, and cpu-throughput-floor.pprof: the floor
+// heap-idle.pprof, cpu-hot.pprof (scenario 6's crowd fetching the same
+// file at once) in dir, and cpu-throughput-floor.pprof: the floor
 // forwarder under scenario 1's load for the same time, to set Kitsune's
 // profile against, each only when cfg asks for that scenario (all
 // when it names none). Read them with `go tool pprof -top FILE`.
@@ -46,16 +47,27 @@ func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	// Scenario 6 is about the recent blocks: its profile keeps them as
+	// the scenario does (flags as given).
+	hot := cfg
 	if feat.recent {
-		// The loads fetch the same files again and again: Kitsune would
-		// answer the repeats from its recent blocks instead of relaying
-		// them, and the profile would show a cache, not the relay.
+		// The other loads fetch the same files again and again: Kitsune
+		// would answer the repeats from its recent blocks instead of
+		// relaying them, and the profile would show a cache, not the relay.
 		cfg.KitsuneFlags = append(slices.Clone(cfg.KitsuneFlags), "--recent-block-bytes=0")
 	}
 	e := &env{tb: tb, cfg: cfg, feat: feat, kuboBin: kubotest.Binary(tb), dir: tb.TempDir()}
 	e.a, e.b = e.startKubo(), e.startKubo()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+
+	if cfg.wants(6) {
+		he := *e
+		he.cfg = hot
+		if err := he.profileHot(ctx, dir, seconds); err != nil {
+			return err
+		}
+	}
 
 	if cfg.wants(1) {
 		if err := e.profileThroughput(ctx, dir, seconds); err != nil {
@@ -170,6 +182,33 @@ func (e *env) profileManyClients(ctx context.Context, dir string, seconds int) e
 	return nil
 }
 
+// profileHot: rounds of scenario 6's crowd, every client connected
+// afresh and all fetching the same file at once.
+func (e *env) profileHot(ctx context.Context, dir string, seconds int) error {
+	root, err := e.a.AddBytes(ctx, randomBytes(e.cfg.HotFileSize))
+	if err != nil {
+		return err
+	}
+	err = e.profileCPU(ctx, []*kubotest.Node{e.a}, filepath.Join(dir, "cpu-hot.pprof"), seconds, func(ctx context.Context, k peer.AddrInfo) error {
+		clients, err := connectedClients(ctx, e.cfg.Clients, func(int) peer.AddrInfo { return k })
+		defer closeClients(clients)
+		if err != nil {
+			return err
+		}
+		cf := fetchCrowd(ctx, clients, 2*time.Minute, true, func(ctx context.Context, _ int, c *client) (int, int64, error) {
+			return c.fetchDAG(ctx, root)
+		})
+		if len(cf.errs) > 0 {
+			return fmt.Errorf("%d of %d clients failed, first: %w", len(cf.errs), len(clients), cf.errs[0])
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("hot-content profile: %w", err)
+	}
+	return nil
+}
+
 // profileIdle: the heap with scenario 4's idle connections held.
 func (e *env) profileIdle(ctx context.Context, dir string) error {
 	srv, err := startKitsune(e.cfg.KitsuneBin, e.feat, apiAddrs(e.a), e.tb.TempDir(), e.cfg.KitsuneFlags)
@@ -204,6 +243,10 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 	}
 	defer srv.stop()
 	cpu0, bytes0, err := srv.cpuAndBytesOut(ctx)
+	if err != nil {
+		return err
+	}
+	others0, err := e.sideUsageOf(nodes)
 	if err != nil {
 		return err
 	}
@@ -243,9 +286,17 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 			if err != nil {
 				return err
 			}
+			others1, err := e.sideUsageOf(nodes)
+			if err != nil {
+				return err
+			}
 			gib := (bytes1 - bytes0) / (1 << 30)
 			e.logf("  %s: %d rounds of load; %.2f GiB relayed, %.2f CPU-s, %.2f CPU-s per GiB",
 				filepath.Base(file), rounds, gib, cpu1-cpu0, (cpu1-cpu0)/gib)
+			// Who else spent the machine's CPU meanwhile: the clients
+			// share it with Kitsune and the nodes.
+			e.logf("  %s: meanwhile the clients (this process) %.2f CPU-s, %.2f per GiB; the nodes %.2f CPU-s",
+				filepath.Base(file), others1.client-others0.client, (others1.client-others0.client)/gib, others1.node-others0.node)
 			// Whether any want needed sending again, or any reply was cut
 			// off, under this load.
 			e.logf("  %s: %s", filepath.Base(file), relaySummary(ctx, srv))
@@ -262,6 +313,26 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 		}
 		rounds++
 	}
+}
+
+// sideUsageOf is sideUsage (scenarios.go) with the nodes' CPU summed.
+func (e *env) sideUsageOf(nodes []*kubotest.Node) (sideCPU, error) {
+	var sum sideCPU
+	for i, n := range nodes {
+		pid, err := kuboPID(e.kuboBin, n.Dir)
+		if err != nil {
+			return sum, err
+		}
+		u, ok := sideUsage(pid)
+		if !ok {
+			return sum, fmt.Errorf("no CPU figures for the node in %s or for this process", n.Dir)
+		}
+		sum.node += u.node
+		if i == 0 {
+			sum.client = u.client
+		}
+	}
+	return sum, nil
 }
 
 func fetchOnce(ctx context.Context, target peer.AddrInfo, root cid.Cid) (int64, error) {

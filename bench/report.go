@@ -74,6 +74,8 @@ var columns = map[int][]column{
 		{head: "fleet blocks", key: "fleet_blocks", format: "%.0f"},
 		{head: "failed fetches (all runs)", key: "failures", sum: true, format: "%.0f"},
 		{head: "proxy CPU s per GiB", key: "proxy_cpu_s_per_gib", format: "%.1f"},
+		{head: "clients' CPU s per GiB", key: "clients_cpu_s_per_gib", format: "%.1f"},
+		{head: "node CPU s per GiB", key: "node_cpu_s_per_gib", format: "%.1f"},
 		{head: "node CPU (s)", key: "node_cpu_s", format: "%.2f"},
 		{head: "client CPU (s)", key: "client_cpu_s", format: "%.2f"},
 		{head: "proxy peak RSS (MiB)", key: "proxy_peak_rss_mib", format: "%.0f"},

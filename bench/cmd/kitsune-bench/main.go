@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,10 +38,25 @@ func main() {
 		kuboOut   = flag.Int("kubo-outstanding-bytes", def.KuboOutstandingBytes, "every Kubo node's Internal.Bitswap.MaxOutstandingBytesPerPeer; 0 leaves Kubo's default (1 MiB)")
 		kflags    = flag.String("kitsune-flags", "", "extra flags for Kitsune, space-separated")
 		command   = flag.String("command", "", "how this run was started, for the report (default: the command line)")
-		profile   = flag.String("profile", "", "instead of benchmarking, record Kitsune's CPU profiles under scenario 1's (and the floor's under the same load) and 3's loads and its heap with scenario 4's idle connections (those of them -scenarios names) into this directory (needs Kitsune's --admin)")
+		profile   = flag.String("profile", "", "instead of benchmarking, record Kitsune's CPU profiles under scenario 1's (and the floor's under the same load), 3's and 6's loads and its heap with scenario 4's idle connections (those of them -scenarios names) into this directory (needs Kitsune's --admin)")
 		profSecs  = flag.Int("profile-seconds", 20, "length of each CPU profile")
+		selfProf  = flag.String("cpuprofile", "", "write this process's own CPU profile (the in-process clients', mostly) to this file")
 	)
 	flag.Parse()
+	if *selfProf != "" {
+		f, err := os.Create(*selfProf)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kitsune-bench: -cpuprofile:", err)
+			os.Exit(2)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			_ = f.Close()
+		}()
+	}
 
 	cfg := def
 	if *smoke {
