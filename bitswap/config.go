@@ -63,6 +63,9 @@ type Config struct {
 	// without this the want would wait for ever. Kubo merges a want it
 	// still holds, so sending one again costs a few bytes.
 	RewantInterval time.Duration
+	// NodeBufferPoolBytes bounds the free node message buffers kept for
+	// reuse (framepool.go); negative keeps none.
+	NodeBufferPoolBytes int
 }
 
 // Defaults for Config.
@@ -80,6 +83,10 @@ const (
 	DefaultRecentBlockBytes   = 32 << 20
 	DefaultRecentBlockTTL     = 10 * time.Second
 	DefaultRewantInterval     = 15 * time.Second
+	// 8 MiB is 32 of Kubo's 256 KiB blocks: buffers come back as the
+	// replies carrying them are written (or leave the recent blocks), and
+	// are taken again by the next messages.
+	DefaultNodeBufferPoolBytes = 8 << 20
 )
 
 func (c *Config) fill() {
@@ -101,6 +108,9 @@ func (c *Config) fill() {
 	// newCore), and a 0 would become the default the second time.
 	if c.RecentBlockBytes == 0 {
 		c.RecentBlockBytes = DefaultRecentBlockBytes
+	}
+	if c.NodeBufferPoolBytes == 0 {
+		c.NodeBufferPoolBytes = DefaultNodeBufferPoolBytes
 	}
 	// Negative stays negative, for the same reason: every comparison
 	// against it (len <= MaxHaveBlockSize) is then false.

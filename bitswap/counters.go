@@ -48,6 +48,12 @@ type Counters struct {
 	InlineBlocks atomic.Uint64 // identity CIDs answered from the CID
 	// Wants answered from the blocks relayed lately (recent.go).
 	RecentHits atomic.Uint64
+	// Node messages of 8 KiB to 4 MiB read into a new buffer, or into one
+	// an earlier message had and nobody holds any more (framepool.go);
+	// and buffers never reused because a local fetch took their block.
+	NodeBuffersNew     atomic.Uint64
+	NodeBuffersReused  atomic.Uint64
+	NodeBuffersEscaped atomic.Uint64
 	// Local fetches (Fetch, the HTTP gateway's blocks).
 	LocalBlocks atomic.Uint64 // blocks handed to local fetches
 	LocalBytes  atomic.Uint64

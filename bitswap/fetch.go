@@ -186,6 +186,9 @@ func (l *localFetch) block(b blocks.Block) bool {
 		return false
 	}
 	delete(l.pending, c)
+	// The fetch's reader keeps the bytes as long as it likes, uncounted:
+	// the buffer is never reused (framepool.go).
+	escapeBlock(b)
 	l.queue = append(l.queue, Result{Cid: c, Block: b})
 	l.bytes += heldBytes(b)
 	l.kick()

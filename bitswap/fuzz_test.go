@@ -30,7 +30,9 @@ import (
 // relay as if they came from an upstream peer or a fleet node, two messages
 // per input. Whatever the bytes:
 //   - nothing panics;
-//   - every block the relay sends anyone hashes to its CID;
+//   - every block the relay sends anyone hashes to its CID (node messages
+//     come in pooled buffers, poisoned as they go back);
+//   - every reference to those buffers is given back by Close;
 //   - every want the relay sends upstream is the reverse session's root or
 //     a link of a block that came back in it: an unauthorised want never
 //     leaves for an upstream peer;
@@ -212,6 +214,7 @@ func (fx *fuzzFixture) run(t *testing.T, ctl uint8, a, b []byte) {
 		back.connected[n] = true
 	}
 	r := New(Config{FetchMisses: ctl&0x40 != 0, MaxWantsPerPeer: 64, CheckInterval: time.Hour}, front, back, down, zap.NewNop())
+	r.frames.poison = true
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r.Start(ctx)
@@ -236,7 +239,13 @@ func (fx *fuzzFixture) run(t *testing.T, ctl uint8, a, b []byte) {
 			if diff := sameNodeMessage(nodeMessageOf(m), nm); diff != "" {
 				t.Fatalf("parsers disagree: %s", diff)
 			}
-			r.fromDownstream(fx.nodes[who%2], nm)
+			// Handed to the relay as a node's stream does: in a pooled
+			// buffer, poisoned once its last reference goes.
+			f := r.frames.get(len(raw))
+			copy(f.b, raw)
+			if err := r.nodeFrame(fx.nodes[who%2], f); err != nil {
+				t.Fatalf("the relay's parser failed where it did not before: %v", err)
+			}
 			continue
 		}
 		if err != nil {
@@ -276,6 +285,13 @@ func (fx *fuzzFixture) run(t *testing.T, ctl uint8, a, b []byte) {
 	cctx, ccancel := context.WithTimeout(context.Background(), time.Second)
 	_ = r.Close(cctx)
 	ccancel()
+	// Every reference to a node message's buffer was given back (the
+	// replies in flight settle as their streams end).
+	for deadline := time.Now().Add(2 * time.Second); r.frames.live.Load() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d node message buffers still referenced after Close", r.frames.live.Load())
+		}
+	}
 	for _, n := range []*fuzzNet{front, back} {
 		n.mu.Lock()
 		errs := n.errs

@@ -438,6 +438,9 @@ func newEnv(t *testing.T, cfg Config, tune ...func(*Relay)) *env {
 	front := &tapNet{BitSwapNetwork: bsnet.NewFromIpfsHost(GuardStreams(e.front)), onRecv: func(_ peer.ID, m bsmsg.BitSwapMessage) { e.upWants.record(m) }}
 	e.tap = front
 	e.relay = New(cfg, front, bsnet.NewFromIpfsHost(e.back), e.down, zaptest.NewLogger(t, zaptest.Level(level)))
+	// A node message buffer reused while a reply still reads it would
+	// carry garbage, and the receiver's hash check would refuse it.
+	e.relay.frames.poison = true
 	for _, f := range tune {
 		f(e.relay)
 	}

@@ -26,6 +26,7 @@ import (
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio"
 	"github.com/multiformats/go-multihash"
@@ -74,11 +75,9 @@ const closeTimeout = 10 * time.Second
 func (r *Relay) handleNodeStream(s network.Stream) {
 	from := s.Conn().RemotePeer()
 	for {
-		frame, err := readFrame(s, network.MessageSizeMax)
+		frame, err := readFrame(s, network.MessageSizeMax, r.frames)
 		if err == nil {
-			var msg nodeMessage
-			if msg, err = parseNodeMessage(frame); err == nil {
-				r.fromDownstream(from, msg)
+			if err = r.nodeFrame(from, frame); err == nil {
 				continue
 			}
 		}
@@ -97,11 +96,25 @@ func (r *Relay) handleNodeStream(s network.Stream) {
 	}
 }
 
-// readFrame reads one length-prefixed message into a buffer of its own,
-// which the blocks parsed from it keep. The memory is reserved in the
-// stream's resource-manager scope while it is read and parsed; what the
-// relay keeps afterwards is bounded by its own budgets.
-func readFrame(s network.Stream, max int) ([]byte, error) {
+// nodeFrame parses one message from a node and hands it to the relay,
+// then drops the reader's reference to its buffer: whoever keeps one of
+// its blocks took a reference of its own meanwhile (framepool.go).
+func (r *Relay) nodeFrame(from peer.ID, frame *frameBuf) error {
+	defer frame.release()
+	msg, err := parseNodeFrame(frame)
+	if err != nil {
+		return err
+	}
+	r.fromDownstream(from, msg)
+	return nil
+}
+
+// readFrame reads one length-prefixed message into a buffer from the
+// pool, which the blocks parsed from it keep, with one reference: the
+// caller's. The memory is reserved in the stream's resource-manager scope
+// while it is read and parsed; what the relay keeps afterwards is bounded
+// by its own budgets.
+func readFrame(s network.Stream, max int, pool *framePool) (*frameBuf, error) {
 	length, err := binary.ReadUvarint(byteReader{s})
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -117,8 +130,9 @@ func readFrame(s network.Stream, max int) ([]byte, error) {
 		return nil, errReservation
 	}
 	defer s.Scope().ReleaseMemory(size)
-	frame := make([]byte, size)
-	if _, err := io.ReadFull(s, frame); err != nil {
+	frame := pool.get(size)
+	if _, err := io.ReadFull(s, frame.b); err != nil {
+		frame.release()
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
@@ -158,24 +172,32 @@ var (
 	errFieldNumber = errors.New("invalid field number")
 )
 
-// parseNodeMessage parses a Bitswap message (the body of a frame) the way
+// parseNodeMessage parses a Bitswap message in a buffer of its own, not
+// the pool's (tests, fuzzing): see parseNodeFrame.
+func parseNodeMessage(frame []byte) (nodeMessage, error) {
+	return parseNodeFrame(unpooled(frame))
+}
+
+// parseNodeFrame parses a Bitswap message (the body of a frame) the way
 // boxo's bsmsg.FromMsgReader does, with the same results and the same
-// errors, except that a block payload over half its frame is a slice of
-// it rather than a copy (see parser.block): a block keeps at most twice
-// its size alive, and no two blocks share a frame.
+// errors, except that a block payload over half its frame's buffer is a
+// slice of it rather than a copy (see parser.block): a block keeps at
+// most twice its size alive, and no two blocks share a frame. The blocks
+// parsed in place hold no reference to the buffer: the caller's covers
+// them until it hands the message on.
 //
 // As protobuf does, an unknown field, or a known one with an unexpected
 // wire type, is skipped; a singular field given twice takes the last
 // value; entries, blocks and presences for one CID merge as in boxo's
 // message (its addEntry rules, the last block and presence win).
-func parseNodeMessage(frame []byte) (nodeMessage, error) {
+func parseNodeFrame(frame *frameBuf) (nodeMessage, error) {
 	var (
 		p         parser
 		m         nodeMessage
 		presences []bsmsg.BlockPresence
 	)
-	p.frame = len(frame)
-	err := eachField(frame, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
+	p.buf = frame
+	err := eachField(frame.b, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
 		if typ != protowire.BytesType {
 			return nil
 		}
@@ -380,10 +402,10 @@ func (p *parser) mergePresence(ps []bsmsg.BlockPresence, bp bsmsg.BlockPresence)
 	return append(ps, bp)
 }
 
-// parser holds what the parts of one message share: the frame's length,
+// parser holds what the parts of one message share: the frame's buffer,
 // and where each CID's entry, block and presence went.
 type parser struct {
-	frame                    int
+	buf                      *frameBuf
 	wants, blocks, presences cidIndex
 }
 
@@ -450,34 +472,38 @@ func (p *parser) payload(b []byte) (blocks.Block, error) {
 }
 
 // block is the block with CID c and bytes data, a slice of the frame: in
-// place if it is over half the frame, so that it keeps at most twice its
-// size alive and is the only block that keeps this frame; copied
-// otherwise. Kubo sends a block of 256 KiB (its default chunk) alone in
+// place if it is over half the frame's buffer (its capacity: a pooled
+// buffer can be a little larger than the message), so that it keeps at
+// most twice its size alive and is the only block that keeps this
+// buffer; copied otherwise. Kubo sends a block of 256 KiB (its default chunk) alone in
 // a message, with at most a few presences beside it: kept in place.
 // Smaller blocks come several to a message of about 16 KiB (boxo's
 // engine fills a message up to that) and are copied, as bsnet copies
 // every block.
 func (p *parser) block(data []byte, c cid.Cid) (blocks.Block, error) {
-	if 2*len(data) <= p.frame {
+	if 2*len(data) <= cap(p.buf.b) {
 		return blocks.NewBlockWithCid(bytes.Clone(data), c)
 	}
 	b, err := blocks.NewBlockWithCid(data, c)
 	if err != nil {
 		return nil, err
 	}
-	return &frameBlock{BasicBlock: b, holds: p.frame}, nil
+	return &frameBlock{BasicBlock: b, buf: p.buf, holds: cap(p.buf.b)}, nil
 }
 
 // frameBlock is a block whose bytes are a slice of the buffer its node
-// message was read into: it keeps the whole buffer alive.
+// message was read into: it keeps the whole buffer alive, and a holder
+// that keeps the block holds a reference to the buffer (framepool.go).
 type frameBlock struct {
 	*blocks.BasicBlock
-	holds int // the frame's size
+	buf   *frameBuf
+	holds int // the buffer's size
 }
 
-// heldBytes is the memory a block keeps alive: its frame's size for a
-// block parsed in place, its buffer's capacity otherwise. The budgets on
-// what the relay keeps (recent blocks, a peer's replies) count this.
+// heldBytes is the memory a block keeps alive: its frame buffer's size
+// for a block parsed in place, its own buffer's capacity otherwise. The
+// budgets on what the relay keeps (recent blocks, a peer's replies)
+// count this.
 func heldBytes(b blocks.Block) int {
 	if fb, ok := b.(*frameBlock); ok {
 		return fb.holds

@@ -109,6 +109,9 @@ func (o *replyOutbox) addBlock(b blocks.Block) {
 		return
 	}
 	delete(o.presence, b.Cid())
+	// Held until the reply carrying it is written (settle), or the
+	// outbox closes.
+	retainBlock(b)
 	o.blocks = append(o.blocks, b)
 	o.pending += heldBytes(b)
 	o.kickLocked()
@@ -130,6 +133,9 @@ func (o *replyOutbox) close() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.closed = true
+	for _, b := range o.blocks {
+		releaseBlock(b)
+	}
 	o.blocks = nil
 	o.pending = 0
 	clear(o.presence)
@@ -263,6 +269,10 @@ func (o *replyOutbox) settle(ev replyEvents, sending []blocks.Block, presence ma
 	o.inFlight -= size
 	o.flights--
 	if o.closed {
+		// close dropped those queued; these were in flight.
+		for _, b := range sending {
+			releaseBlock(b)
+		}
 		o.mu.Unlock()
 		return
 	}
@@ -279,8 +289,12 @@ func (o *replyOutbox) settle(ev replyEvents, sending []blocks.Block, presence ma
 			}
 		}
 	} else {
+		// Written, or given up: send has returned (it reads the blocks'
+		// bytes only until then, replySender), so nothing reads them here
+		// any more.
 		for _, b := range sending {
 			o.pending -= heldBytes(b)
+			releaseBlock(b)
 		}
 	}
 	resume := o.wasFull && o.pending <= o.budget/2
@@ -372,6 +386,9 @@ func (o *wantOutbox) have(ctx context.Context, c cid.Cid) {
 }
 
 func (o *wantOutbox) block(ctx context.Context, b blocks.Block) {
+	// Not counted here (bsnet writes it, and only upstream blocks come
+	// this way): never reused, whatever it is.
+	escapeBlock(b)
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	delete(o.presence, b.Cid())

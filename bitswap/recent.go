@@ -19,7 +19,8 @@ import (
 // It is bounded by bytes (least recently used out first) and by idle
 // time (a block unused for ttl is dropped by expire), so it empties when
 // the traffic stops. The bytes counted are what the blocks keep alive
-// (heldBytes): for a block parsed in place, its whole node message.
+// (heldBytes): for a block parsed in place, its whole node message, whose
+// buffer it holds a reference to while kept (framepool.go).
 type recentBlocks struct {
 	maxBytes int
 	ttl      time.Duration
@@ -51,6 +52,7 @@ func (r *recentBlocks) put(b blocks.Block, now time.Time) {
 		r.order.MoveToBack(e)
 		return
 	}
+	retainBlock(b)
 	r.m[b.Cid()] = r.order.PushBack(&recentBlock{b: b, used: now})
 	r.bytes += size
 	for r.bytes > r.maxBytes {
@@ -81,9 +83,13 @@ func (r *recentBlocks) remove(e *list.Element) {
 	rb := r.order.Remove(e).(*recentBlock)
 	delete(r.m, rb.b.Cid())
 	r.bytes -= heldBytes(rb.b)
+	releaseBlock(rb.b)
 }
 
 func (r *recentBlocks) reset() {
+	for e := r.order.Front(); e != nil; e = e.Next() {
+		releaseBlock(e.Value.(*recentBlock).b)
+	}
 	clear(r.m)
 	r.order.Init()
 	r.bytes = 0

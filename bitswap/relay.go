@@ -87,6 +87,8 @@ type Relay struct {
 	replyWindow, replyAckWait time.Duration
 
 	counters Counters
+	// frames are the node message buffers for reuse (framepool.go).
+	frames *framePool
 	// gone hears the front host's disconnects (see Start).
 	gone *network.NotifyBundle
 }
@@ -107,6 +109,7 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 
 		replyWindow: replyWindow, replyAckWait: replyAckWait,
 	}
+	r.frames = newFramePool(cfg.NodeBufferPoolBytes, &r.counters)
 	r.core = newCore(cfg, shellFx{r}, down, &r.counters)
 	r.rev = newReverseSet(hostPeers{front.Host().Network()}, shellFx{r}, &r.counters)
 	return r
@@ -369,6 +372,7 @@ func (r *Relay) tick(ctx context.Context) {
 			r.mu.Lock()
 			r.core.tick(now)
 			r.mu.Unlock()
+			r.frames.trim(now)
 		}
 	}
 }

@@ -17,7 +17,8 @@ import (
 )
 
 // replySender writes one reply message to a peer. send returns once the
-// message is written or failed; our side is closed after that (after at
+// message is written or failed, and reads its blocks' bytes no more
+// after that (their buffers may then be reused, framepool.go); our side is closed after that (after at
 // most hold, the probe, if given), and done is called once, later or from
 // send itself, with what the stream showed. Closing in the background
 // matters: a close waits for the muxer to flush, and waiting for it before

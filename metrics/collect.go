@@ -39,6 +39,7 @@ var (
 	descHeldWants    = desc("kitsune_relay_held_wants_total", "Wants held back in Kitsune until an upstream peer's reply queue had room for their blocks (it wanted more than 16 MiB at once, or reads slower than the fleet delivers), rather than fetched and set aside.")
 	descDeferred     = desc("kitsune_relay_deferred_blocks_total", "Blocks set aside for an upstream peer whose reply queue was full (it reads slower than the fleet delivers); they are fetched again once it catches up.")
 	descRecentHits   = desc("kitsune_relay_recent_hits_total", "Wants answered from the blocks relayed in the last seconds (a flash crowd on the same content), without asking the fleet again.")
+	descNodeBuffers  = desc("kitsune_relay_node_buffers_total", "Messages from downstream nodes (8 KiB to 4 MiB) read into a buffer: new = allocated, reused = one an earlier message had, which nobody held any more.", "outcome")
 	descUnsolicited  = desc("kitsune_relay_unsolicited_blocks_total", "Blocks from downstream nodes that nobody wanted any more.")
 	descDroppedMsgs  = desc("kitsune_relay_dropped_messages_total", "Upstream messages dropped for exceeding --max-message-size.")
 	descDroppedWants = desc("kitsune_relay_dropped_wants_total", "Want entries ignored past --max-wants-per-peer.")
@@ -67,7 +68,7 @@ var pulled = []*prometheus.Desc{
 	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descRewants, descNodeSendFail, descNodeStreamEr, descRepliesCut, descRepliesGone, descUnsolicited, descDroppedMsgs,
 	descDroppedWants, descMissFetches, descMissFetched, descRevWants, descRevBlocks, descRevBytes,
 	descNodes, descNodeState, descNodeUp, descInFlight, descLatency, descPing, descSent, descAnswers,
-	descNodeFailures, descEjections, descNodeMisses, descRecentHits,
+	descNodeFailures, descEjections, descNodeMisses, descRecentHits, descNodeBuffers,
 }
 
 var states = []downstream.State{downstream.StateHealthy, downstream.StateEjected, downstream.StateUnknown}
@@ -163,6 +164,8 @@ func (c pullCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descDeferred, rc.Deferred.Load())
 	counter(descHeldWants, rc.HeldWants.Load())
 	counter(descRecentHits, rc.RecentHits.Load())
+	counter(descNodeBuffers, rc.NodeBuffersNew.Load(), "new")
+	counter(descNodeBuffers, rc.NodeBuffersReused.Load(), "reused")
 	counter(descDroppedMsgs, rc.DroppedMessages.Load())
 	counter(descDroppedWants, rc.DroppedWants.Load())
 	counter(descMissFetches, rc.MissFetches.Load())
