@@ -70,6 +70,8 @@ var columns = map[int][]column{
 		{head: "aggregate MiB/s", key: "aggregate_mib_per_s", format: "%.0f"},
 		{head: "vs direct", key: "aggregate", vs: true, format: "%.2f"},
 		{head: "wall (s)", key: "wall_s", format: "%.2f"},
+		{head: "first client done (s)", key: "client_first_s", format: "%.2f"},
+		{head: "client p50 (s)", key: "client_p50_s", format: "%.2f"},
 		{head: "blocks in the file", key: "file_blocks", format: "%.0f"},
 		{head: "fleet blocks", key: "fleet_blocks", format: "%.0f"},
 		{head: "failed fetches (all runs)", key: "failures", sum: true, format: "%.0f"},
