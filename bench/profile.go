@@ -74,6 +74,11 @@ func Profile(tb testing.TB, cfg Config, dir string, seconds int) error {
 			return err
 		}
 	}
+	if cfg.wants(2) {
+		if err := e.profileLatency(ctx, dir, seconds); err != nil {
+			return err
+		}
+	}
 	if cfg.wants(3) {
 		if err := e.profileManyClients(ctx, dir, seconds); err != nil {
 			return err
@@ -145,6 +150,36 @@ func (e *env) profileFloor(ctx context.Context, node *kubotest.Node, root cid.Ci
 	gib := float64(relayed) / (1 << 30)
 	e.logf("  %s: %d rounds of load; %.2f GiB relayed, %.2f CPU-s, %.2f CPU-s per GiB",
 		filepath.Base(file), rounds, gib, u1.CPUSeconds-u0.CPUSeconds, (u1.CPUSeconds-u0.CPUSeconds)/gib)
+	return nil
+}
+
+// profileLatency: scenario 2's small blocks, fetched one after another
+// on one connection (the same blocks again each round), with a CPU
+// profile and also an execution trace of the first seconds, where the
+// hand-offs and waits per block show (`go tool trace`).
+func (e *env) profileLatency(ctx context.Context, dir string, seconds int) error {
+	blocks, err := e.putBlocks(e.cfg.Blocks, e.cfg.BlockSize)
+	if err != nil {
+		return err
+	}
+	err = e.profileCPU(ctx, []*kubotest.Node{e.a}, filepath.Join(dir, "cpu-latency.pprof"), seconds, func(ctx context.Context, k peer.AddrInfo) error {
+		w, err := newWireClient(ctx, k)
+		if err != nil {
+			return err
+		}
+		defer w.close()
+		_, err = fetchEach(ctx, blocks, func(ctx context.Context, b rawBlock) ([]byte, error) {
+			got, err := w.get(ctx, b.c)
+			if err != nil {
+				return nil, err
+			}
+			return got.RawData(), nil
+		}, func(ctx context.Context, b rawBlock) { _ = w.cancel(ctx, b.c) })
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("latency profile: %w", err)
+	}
 	return nil
 }
 
@@ -254,6 +289,16 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 	go func() {
 		done <- fetchTo(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", srv.admin, seconds), file)
 	}()
+	if strings.HasSuffix(file, "-latency.pprof") {
+		// Where each small block waits shows in an execution trace (its
+		// first seconds: a trace grows fast), taken beside the profile.
+		go func() {
+			tf := filepath.Join(filepath.Dir(file), "trace-latency.out")
+			if err := fetchTo(ctx, fmt.Sprintf("%s/debug/pprof/trace?seconds=%d", srv.admin, min(seconds, 3)), tf); err != nil {
+				e.logf("  %s: %v", filepath.Base(tf), err)
+			}
+		}()
+	}
 	// Heap profiles under the load, at each quarter of the window: what
 	// the relay holds while it works (inuse_space is as of the last GC).
 	heaps := make(chan error, 1)

@@ -248,11 +248,15 @@ func (fx *fuzzFixture) run(t *testing.T, ctl uint8, a, b []byte) {
 			}
 			continue
 		}
-		if err != nil {
-			continue // bsnet resets the stream; the relay never sees it
+		if err == nil {
+			learn(m)
 		}
-		learn(m)
-		r.fromUpstream(fx.ups[who], m)
+		// The relay's own reader (front.go), which must refuse what
+		// boxo's refuses.
+		ferr := r.fromUpstreamFrame(fx.ups[who], bytes.Clone(raw))
+		if (err == nil) != (ferr == nil) {
+			t.Fatalf("boxo's parser: %v; the front's: %v", err, ferr)
+		}
 	}
 	if s := r.Stats(); s.Wants > len(fx.ups)*64 {
 		t.Fatalf("%d wants in the table, over 4 peers × 64", s.Wants)

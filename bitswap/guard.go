@@ -75,10 +75,27 @@ func (g *guardedStream) Read(p []byte) (int, error) {
 	g.off += n
 	if g.off == len(g.frame) {
 		// The reader copied the message into a buffer of its own.
-		g.frame, g.off = nil, 0
-		g.release()
+		g.done()
 	}
 	return n, nil
+}
+
+// nextBody reads the next message whole and returns its body (without
+// the length prefix), for a reader that parses it in place
+// (handleFrontStream); done releases it.
+func (g *guardedStream) nextBody() ([]byte, error) {
+	if err := g.next(); err != nil {
+		return nil, err
+	}
+	_, n := binary.Uvarint(g.frame)
+	return g.frame[n:], nil
+}
+
+// done releases the message nextBody returned: what the relay keeps of
+// it (CIDs) is copied.
+func (g *guardedStream) done() {
+	g.frame, g.off = nil, 0
+	g.release()
 }
 
 // next reads the next message whole.

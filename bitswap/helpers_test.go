@@ -6,8 +6,10 @@ package bitswap
 // clients or raw peers that send hand-built messages).
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -23,7 +25,9 @@ import (
 	blocks "github.com/ipfs/go-block-format"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	mh "github.com/multiformats/go-multihash"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
@@ -130,6 +134,47 @@ func (n *tapNet) Start(rs ...bsnetiface.Receiver) {
 		wrapped[i] = tapReceiver{Receiver: r, n: n}
 	}
 	n.BitSwapNetwork.Start(wrapped...)
+}
+
+// Host is the network's host with its stream handlers tapped: the relay
+// reads its peers' streams itself (front.go), past bsnet's receivers, so
+// each message is parsed here too, from the bytes the relay reads, and
+// handed to onRecv.
+func (n *tapNet) Host() host.Host {
+	return tapHost{Host: n.BitSwapNetwork.Host(), onRecv: n.onRecv}
+}
+
+type tapHost struct {
+	host.Host
+	onRecv func(peer.ID, bsmsg.BitSwapMessage)
+}
+
+func (h tapHost) SetStreamHandler(pid protocol.ID, handler network.StreamHandler) {
+	h.Host.SetStreamHandler(pid, func(s network.Stream) { handler(&tapStream{Stream: s, onRecv: h.onRecv}) })
+}
+
+// tapStream parses the messages its reader reads, once each is whole.
+type tapStream struct {
+	network.Stream
+	onRecv func(peer.ID, bsmsg.BitSwapMessage)
+	buf    []byte
+}
+
+func (t *tapStream) Read(p []byte) (int, error) {
+	n, err := t.Stream.Read(p)
+	t.buf = append(t.buf, p[:n]...)
+	for {
+		size, k := binary.Uvarint(t.buf)
+		if k <= 0 || uint64(len(t.buf)-k) < size {
+			break
+		}
+		end := k + int(size)
+		if m, _, perr := bsmsg.FromNet(bytes.NewReader(t.buf[:end])); perr == nil {
+			t.onRecv(t.Conn().RemotePeer(), m)
+		}
+		t.buf = t.buf[end:]
+	}
+	return n, err
 }
 
 type tapReceiver struct {

@@ -18,6 +18,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"time"
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
@@ -36,9 +37,11 @@ import (
 
 // nodeMessage is what one message from a node carries, as the relay uses
 // it: the node's own wants (a Kubo node asks its peers for what it
-// fetches), and its answers to Kitsune's.
+// fetches), and its answers to Kitsune's. Messages from upstream peers
+// are parsed into it too (front.go); full is used only there.
 type nodeMessage struct {
 	wants     []bsmsg.Entry
+	full      bool
 	blocks    []blocks.Block
 	haves     []cid.Cid
 	dontHaves []cid.Cid
@@ -46,7 +49,7 @@ type nodeMessage struct {
 
 // nodeMessageOf converts a message bsnet parsed.
 func nodeMessageOf(m bsmsg.BitSwapMessage) nodeMessage {
-	return nodeMessage{wants: m.Wantlist(), blocks: m.Blocks(), haves: m.Haves(), dontHaves: m.DontHaves()}
+	return nodeMessage{wants: m.Wantlist(), full: m.Full(), blocks: m.Blocks(), haves: m.Haves(), dontHaves: m.DontHaves()}
 }
 
 // nodeProtocols are the Bitswap protocols bsnet registers on the back
@@ -78,6 +81,12 @@ func (r *Relay) handleNodeStream(s network.Stream) {
 		frame, err := readFrame(s, network.MessageSizeMax, r.frames)
 		if err == nil {
 			if err = r.nodeFrame(from, frame); err == nil {
+				// The block just queued goes to its client first: the
+				// reply writer it woke runs now, rather than after this
+				// goroutine has read the node's end of stream and closed
+				// it, whose close frame to the node would be written
+				// first (docs/performance.md, scenario 2).
+				runtime.Gosched()
 				continue
 			}
 		}
@@ -212,8 +221,9 @@ func parseNodeFrame(frame *frameBuf) (nodeMessage, error) {
 					}
 					m.wants = p.mergeEntry(m.wants, e)
 				case num == fWantlistFull && typ == protowire.VarintType:
-					// Full is not used from a node: its wants are answered
-					// one by one.
+					// Each occurrence sets it, the last one wins, as in
+					// protobuf (a second wantlist field merges).
+					m.full = x != 0
 				}
 				return nil
 			})

@@ -35,6 +35,9 @@ func sameNodeMessage(want, got nodeMessage) string {
 	if d := sameSet("wants", ws, gs); d != "" {
 		return d
 	}
+	if want.full != got.full {
+		return fmt.Sprintf("full: boxo %v, Kitsune %v", want.full, got.full)
+	}
 	blockKey := func(bs []blocks.Block) []string {
 		var out []string
 		for _, b := range bs {

@@ -172,6 +172,10 @@ func (o *replyOutbox) kickLocked() {
 // then lingers (writerLinger) for more before it ends.
 func (o *replyOutbox) run() {
 	var linger *time.Timer
+	// opened is set once the stream for the next message was opened ahead
+	// of it (preopener), or tried; a message sent clears it.
+	opened := false
+	pre, canPre := o.link.(preopener)
 	for {
 		o.mu.Lock()
 		wait := o.pace.backoff()
@@ -190,11 +194,23 @@ func (o *replyOutbox) run() {
 				o.mu.Unlock()
 				return
 			}
+			if canPre && !opened && len(o.blocks) == 0 && len(o.presence) == 0 && o.pace.preopen() {
+				// Nothing to send: open the next message's stream now,
+				// off the path of the block that will go on it.
+				opened = true
+				o.mu.Unlock()
+				pre.preopen(o.ctx, o.to)
+				continue
+			}
 			if lingerIdle(o.ctx, &o.mu, o.wake, &o.idle, &o.running, &linger) {
+				if canPre {
+					pre.drop() // the peer went quiet: no stream left open
+				}
 				return
 			}
 			continue
 		}
+		opened = false
 		msg := bsmsg.New(false)
 		size, n, target := 0, 0, o.pace.messageBytes()
 		for n < len(o.blocks) && (n == 0 || size+len(o.blocks[n].RawData()) <= target) {

@@ -241,6 +241,13 @@ func (p *replyPace) writers() int {
 	return 1
 }
 
+// preopen reports whether the stream of the next message may be opened
+// ahead of it, while the writer waits for one: only to a receiver that
+// reads first (boxo, js-ipfs), which accepts a stream and waits for its
+// message, and only while no message has failed. Helia's clock runs from
+// a stream's opening; a receiver not yet told apart may be Helia.
+func (p *replyPace) preopen() bool { return p.kind == kindReadsFirst && p.failures == 0 }
+
 // probe reports whether the next message should hold our close to learn
 // the receiver's kind (one at a time, until it is known).
 func (p *replyPace) probe() bool {

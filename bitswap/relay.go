@@ -122,6 +122,7 @@ func (r *Relay) Start(ctx context.Context) {
 	r.back.Start(backReceiver{r})
 	r.serveNodeStreams() // see inbound.go
 	r.front.Start(frontReceiver{r})
+	r.serveFrontStreams() // see front.go
 	// bsnet reports a disconnect only for a peer its event worker saw
 	// connected: one that connects, sends wants and leaves before that
 	// worker runs is never reported gone, and its wants stayed for good
@@ -207,22 +208,34 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		r.log.Debug("dropping oversized message", zap.Stringer("peer", p), zap.Int("size", size))
 		return
 	}
-	entries := msg.Wantlist()
-	replies := len(msg.Blocks()) > 0 || len(msg.BlockPresences()) > 0
-	if len(entries) == 0 && !msg.Full() && !replies {
+	var replies bsmsg.BitSwapMessage
+	if len(msg.Blocks()) > 0 || len(msg.BlockPresences()) > 0 {
+		replies = msg
+	}
+	r.upstreamWants(p, msg.Wantlist(), msg.Full(), replies)
+}
+
+// upstreamWants takes the wantlist entries of one message from upstream
+// peer p (full: it replaces p's wantlist), and replies, the message
+// itself when it also carries blocks or presences (nil otherwise).
+func (r *Relay) upstreamWants(p peer.ID, entries []bsmsg.Entry, full bool, replies bsmsg.BitSwapMessage) {
+	if len(entries) == 0 && !full && replies == nil {
 		return
 	}
 	// Links are decoded before the lock is taken: a DAG node can be
 	// large, and every other peer waits while the lock is held.
-	links := r.reverseLinks(msg.Blocks())
+	var links map[cid.Cid][]cid.Cid
+	if replies != nil {
+		links = r.reverseLinks(replies.Blocks())
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if replies {
+	if replies != nil {
 		// Blocks and presences from upstream only ever answer a reverse
 		// session's wants; anything else is dropped there.
-		r.rev.replies(p, msg, links)
+		r.rev.replies(p, replies, links)
 	}
-	if len(entries) == 0 && !msg.Full() {
+	if len(entries) == 0 && !full {
 		return
 	}
 	if !r.core.hasPeer(p) && !r.front.IsConnectedToPeer(r.ctx, p) {
@@ -230,14 +243,14 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		// disconnect was handled; an entry made now would never go.
 		return
 	}
-	r.core.fromPeer(p, entries, msg.Full(), time.Now())
+	r.core.fromPeer(p, entries, full, time.Now())
 }
 
 // outLocked is the peer's outboxes, made on first use.
 func (r *Relay) outLocked(p peer.ID) *peerOut {
 	o := r.outs[p]
 	if o == nil {
-		link := streamReplies{host: r.front.Host(), ackWait: r.replyAckWait}
+		link := &streamReplies{host: r.front.Host(), ackWait: r.replyAckWait}
 		o = &peerOut{reply: newReplyOutbox(r.ctx, p, link, r.log, r.cfg.PeerBufferBytes, r.replyWindow, replyHooks{
 			sent: r.countSent, cut: r.countCut, drained: func() { r.resumeDeferred(p) }})}
 		r.outs[p] = o

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
@@ -32,10 +33,76 @@ type replySender interface {
 // closed its side or reset it: SendMessage returns once the bytes are
 // buffered, so a message the receiver cut off was lost unseen. What each
 // receiver's close means is in pace.go.
+//
+// It can also open the stream for a peer's next message ahead of it
+// (preopen), while the writer has nothing else to do: a block then goes
+// out on a stream the receiver has already accepted, without opening one
+// on its path (docs/performance.md, scenario 2).
 type streamReplies struct {
 	host host.Host
 	// ackWait bounds the wait for the receiver's close once written.
 	ackWait time.Duration
+
+	mu sync.Mutex
+	// spare is the stream preopen opened, until send takes it or drop
+	// resets it; stop ends its reset on the context's end.
+	spare network.Stream
+	stop  func() bool
+}
+
+// preopener is a replySender that can open the stream of the next
+// message ahead of it (streamReplies).
+type preopener interface {
+	// preopen opens a stream for the next message to the peer, unless
+	// one is open already.
+	preopen(ctx context.Context, to peer.ID)
+	// drop resets that stream, if it was not used.
+	drop()
+}
+
+func (r *streamReplies) preopen(ctx context.Context, to peer.ID) {
+	r.mu.Lock()
+	open := r.spare != nil
+	r.mu.Unlock()
+	if open {
+		return
+	}
+	s, err := r.host.NewStream(network.WithNoDial(ctx, "bitswap reply"), to, replyProtocols()...)
+	if err != nil {
+		return // send opens one itself, and sees the error
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.spare != nil {
+		_ = s.Reset() // a concurrent preopen won
+		return
+	}
+	r.spare = s
+	// The peer leaving (or the relay closing) resets it.
+	r.stop = context.AfterFunc(ctx, r.drop)
+}
+
+func (r *streamReplies) drop() {
+	r.mu.Lock()
+	s, stop := r.spare, r.stop
+	r.spare, r.stop = nil, nil
+	r.mu.Unlock()
+	if s != nil {
+		stop()
+		_ = s.Reset()
+	}
+}
+
+// take returns the spare stream, if there is one, for send to use.
+func (r *streamReplies) take() network.Stream {
+	r.mu.Lock()
+	s, stop := r.spare, r.stop
+	r.spare, r.stop = nil, nil
+	r.mu.Unlock()
+	if s != nil {
+		stop()
+	}
+	return s
 }
 
 // replyProtocols are the Bitswap protocols a reply may go out on, newest
@@ -57,15 +124,18 @@ type streamEnd struct {
 	err error
 }
 
-func (r streamReplies) send(ctx context.Context, to peer.ID, msg bsmsg.BitSwapMessage, hold time.Duration, done func(replyEvents)) {
+func (r *streamReplies) send(ctx context.Context, to peer.ID, msg bsmsg.BitSwapMessage, hold time.Duration, done func(replyEvents)) {
 	var ev replyEvents
-	// Replies go over the peer's connection or not at all: a peer that
-	// left is forgotten, and its outbox with it.
-	s, err := r.host.NewStream(network.WithNoDial(ctx, "bitswap reply"), to, replyProtocols()...)
-	if err != nil {
-		ev.writeErr = err
-		done(ev)
-		return
+	s := r.take()
+	if s == nil {
+		// Replies go over the peer's connection or not at all: a peer
+		// that left is forgotten, and its outbox with it.
+		var err error
+		if s, err = r.host.NewStream(network.WithNoDial(ctx, "bitswap reply"), to, replyProtocols()...); err != nil {
+			ev.writeErr = err
+			done(ev)
+			return
+		}
 	}
 	ev.opened = time.Now()
 	deadline := ev.opened.Add(writeTimeout(msg.Size()))
@@ -106,7 +176,7 @@ func (r streamReplies) send(ctx context.Context, to peer.ID, msg bsmsg.BitSwapMe
 // wait, when hold is set) and reads until the receiver's side ends. It
 // returns when our side closed (zero if it did not), when and how the
 // receiver's ended, and an error closing ours.
-func (r streamReplies) finish(s network.Stream, to peer.ID, hold time.Duration) (closed, ended time.Time, endErr, closeErr error) {
+func (r *streamReplies) finish(s network.Stream, to peer.ID, hold time.Duration) (closed, ended time.Time, endErr, closeErr error) {
 	if hold <= 0 {
 		// No probe: close, then read to the receiver's end in this
 		// goroutine, not in one more per reply. A receiver that closed

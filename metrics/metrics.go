@@ -94,8 +94,11 @@ type Metrics struct {
 	preloadTime   prometheus.Histogram
 	preloadActive prometheus.Gauge
 	// latencyNodes holds the node URLs wantLatency has series for, so
-	// those of nodes gone from the fleet are dropped (see prune).
-	latencyNodes sync.Map
+	// those of nodes gone from the fleet are dropped (see prune), each
+	// with its series' Observer: WithLabelValues hashes and validates the
+	// label on every call, and WantDone runs for every block relayed,
+	// under the relay's lock (docs/performance.md, scenario 2).
+	latencyNodes sync.Map // string -> prometheus.Observer
 
 	mu         sync.Mutex
 	samples    ring[counterSample]
@@ -184,10 +187,13 @@ func (m *Metrics) sources() *Sources { return m.src.Load() }
 func (m *Metrics) WantDone(nodeURL string, o downstream.Outcome, latency time.Duration) {
 	switch o {
 	case downstream.OutcomeBlock, downstream.OutcomeHave, downstream.OutcomeDontHave:
-		m.wantLatency.WithLabelValues(nodeURL).Observe(latency.Seconds())
-		if _, ok := m.latencyNodes.Load(nodeURL); !ok {
-			m.latencyNodes.Store(nodeURL, struct{}{})
+		if o, ok := m.latencyNodes.Load(nodeURL); ok {
+			o.(prometheus.Observer).Observe(latency.Seconds())
+			return
 		}
+		o := m.wantLatency.WithLabelValues(nodeURL)
+		m.latencyNodes.Store(nodeURL, o)
+		o.Observe(latency.Seconds())
 	}
 }
 

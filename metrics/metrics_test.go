@@ -444,6 +444,12 @@ func TestWantLatencyPerNode(t *testing.T) {
 	if _, ok := value(t, reg, "kitsune_downstream_want_latency_seconds", "node", urlB); ok {
 		t.Fatal("node b's latency histogram outlived it")
 	}
+	// It comes back: a new series, not the dropped one's Observer
+	// (WantDone keeps one per node).
+	m.WantDone(urlB, downstream.OutcomeBlock, time.Millisecond)
+	m.WantDone(urlA, downstream.OutcomeBlock, time.Millisecond)
+	must(t, reg, 1, "kitsune_downstream_want_latency_seconds", "node", urlB)
+	must(t, reg, 3, "kitsune_downstream_want_latency_seconds", "node", urlA)
 }
 
 func get(t *testing.T, url string) (*http.Response, string) {

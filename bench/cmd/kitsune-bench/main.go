@@ -38,7 +38,7 @@ func main() {
 		kuboOut   = flag.Int("kubo-outstanding-bytes", def.KuboOutstandingBytes, "every Kubo node's Internal.Bitswap.MaxOutstandingBytesPerPeer; 0 leaves Kubo's default (1 MiB)")
 		kflags    = flag.String("kitsune-flags", "", "extra flags for Kitsune, space-separated")
 		command   = flag.String("command", "", "how this run was started, for the report (default: the command line)")
-		profile   = flag.String("profile", "", "instead of benchmarking, record Kitsune's CPU profiles under scenario 1's (and the floor's under the same load), 3's and 6's loads and its heap with scenario 4's idle connections (those of them -scenarios names) into this directory (needs Kitsune's --admin)")
+		profile   = flag.String("profile", "", "instead of benchmarking, record Kitsune's CPU profiles under scenario 1's (and the floor's under the same load), 2's (with a 3 s execution trace), 3's and 6's loads and its heap with scenario 4's idle connections (those of them -scenarios names) into this directory (needs Kitsune's --admin)")
 		profSecs  = flag.Int("profile-seconds", 20, "length of each CPU profile")
 		selfProf  = flag.String("cpuprofile", "", "write this process's own CPU profile (the in-process clients', mostly) to this file")
 	)
