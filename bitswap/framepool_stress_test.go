@@ -175,7 +175,16 @@ func TestPooledBuffersNeverSentStale(t *testing.T) {
 			recent.expire(now)
 		}
 		if rng.IntN(50) == 0 {
-			time.Sleep(time.Millisecond) // let the writers catch up
+			// Let the writers catch up: no outbox stays full, so the
+			// next blocks are queued rather than skipped.
+			eventually(t, 10*time.Second, func() string { return "an outbox stayed full" }, func() bool {
+				for _, o := range outs {
+					if o.full() {
+						return false
+					}
+				}
+				return true
+			})
 		}
 	}
 	for _, o := range outs {
@@ -289,6 +298,7 @@ func TestRelayPooledBuffersRandomized(t *testing.T) {
 	// Three waves of wants, each peer a random half of the blocks; some
 	// cancelled right after; a peer leaves in the second wave.
 	for wave := range 3 {
+		outBefore, wantedNew := e.relay.Counters().BlocksOut.Load(), false
 		for i, cl := range clients {
 			if cl.gone {
 				continue
@@ -301,6 +311,7 @@ func TestRelayPooledBuffersRandomized(t *testing.T) {
 				}
 			}
 			cl.p.wantBlock(cs...)
+			wantedNew = wantedNew || len(cs) > 0
 			if rng.IntN(2) == 0 && len(cs) > 4 {
 				cancel := cs[:2]
 				cl.p.cancel(cancel...)
@@ -329,7 +340,13 @@ func TestRelayPooledBuffersRandomized(t *testing.T) {
 			}
 			cancel()
 		}
-		time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
+		if wantedNew {
+			// The next wave comes while this one's blocks are flowing:
+			// once the first of them went out.
+			eventually(t, 30*time.Second, func() string { return fmt.Sprintf("no block out in wave %d; %s", wave, e.describe()) }, func() bool {
+				return e.relay.Counters().BlocksOut.Load() > outBefore
+			})
+		}
 	}
 	for i, cl := range clients {
 		if cl.gone {

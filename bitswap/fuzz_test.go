@@ -291,11 +291,9 @@ func (fx *fuzzFixture) run(t *testing.T, ctl uint8, a, b []byte) {
 	ccancel()
 	// Every reference to a node message's buffer was given back (the
 	// replies in flight settle as their streams end).
-	for deadline := time.Now().Add(2 * time.Second); r.frames.live.Load() != 0; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d node message buffers still referenced after Close", r.frames.live.Load())
-		}
-	}
+	eventually(t, 2*time.Second, func() string {
+		return fmt.Sprintf("%d node message buffers still referenced after Close", r.frames.live.Load())
+	}, func() bool { return r.frames.live.Load() == 0 })
 	for _, n := range []*fuzzNet{front, back} {
 		n.mu.Lock()
 		errs := n.errs
