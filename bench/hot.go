@@ -62,6 +62,10 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 	}
 	data = nil
 	nodes := []*kubotest.Node{e.a}
+	nodePIDs, err := e.nodePIDs(nodes)
+	if err != nil {
+		return nil, err
+	}
 	paths := []string{pathDirect, pathKitsune}
 	for r := range cfg.Runs34 {
 		for _, p := range rotate(paths, r) {
@@ -78,7 +82,7 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 					}
 				}
 				before, ok := e.proxyUsage(p, srv)
-				others0, errOthers := e.sideUsageOf(nodes)
+				others0, errOthers := sideUsage(nodePIDs)
 				cf := fetchCrowd(ctx, clients, 2*time.Minute, true, func(ctx context.Context, _ int, c *client) (int, int64, error) {
 					return c.fetchDAG(ctx, root)
 				})
@@ -87,7 +91,7 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 				m := map[string]float64{"failures": float64(len(errs))}
 				// The clients and the node share the machine's cores with
 				// Kitsune: what each spent per GiB fetched.
-				if others1, err := e.sideUsageOf(nodes); err == nil && errOthers == nil && cf.bytesDAG > 0 {
+				if others1, err := sideUsage(nodePIDs); err == nil && errOthers == nil && cf.bytesDAG > 0 {
 					served := float64(cf.bytesDAG) / gib
 					m["node_cpu_s"] = others1.node - others0.node
 					m["client_cpu_s"] = others1.client - others0.client

@@ -281,7 +281,11 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 	if err != nil {
 		return err
 	}
-	others0, err := e.sideUsageOf(nodes)
+	nodePIDs, err := e.nodePIDs(nodes)
+	if err != nil {
+		return err
+	}
+	others0, err := sideUsage(nodePIDs)
 	if err != nil {
 		return err
 	}
@@ -331,7 +335,7 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 			if err != nil {
 				return err
 			}
-			others1, err := e.sideUsageOf(nodes)
+			others1, err := sideUsage(nodePIDs)
 			if err != nil {
 				return err
 			}
@@ -358,26 +362,6 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 		}
 		rounds++
 	}
-}
-
-// sideUsageOf is sideUsage (scenarios.go) with the nodes' CPU summed.
-func (e *env) sideUsageOf(nodes []*kubotest.Node) (sideCPU, error) {
-	var sum sideCPU
-	for i, n := range nodes {
-		pid, err := kuboPID(e.kuboBin, n.Dir)
-		if err != nil {
-			return sum, err
-		}
-		u, ok := sideUsage(pid)
-		if !ok {
-			return sum, fmt.Errorf("no CPU figures for the node in %s or for this process", n.Dir)
-		}
-		sum.node += u.node
-		if i == 0 {
-			sum.client = u.client
-		}
-	}
-	return sum, nil
 }
 
 func fetchOnce(ctx context.Context, target peer.AddrInfo, root cid.Cid) (int64, error) {

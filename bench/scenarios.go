@@ -182,7 +182,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 	nodes := []*kubotest.Node{e.a}
 	// The node's and the client's CPU too: the three share two cores, so
 	// what the proxy spends comes out of theirs (docs/performance.md).
-	nodePID, err := kuboPID(e.kuboBin, e.a.Dir)
+	nodePIDs, err := e.nodePIDs(nodes)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +205,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 				}
 				m := map[string]float64{}
 				before, ok := e.proxyUsage(p, srv)
-				others0, othersOK := sideUsage(nodePID)
+				others0, errOthers := sideUsage(nodePIDs)
 				t0 := time.Now()
 				if p == pathKuboFront {
 					if err := warm(ctx, e.front, root); err != nil {
@@ -223,7 +223,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 				if cpu, ok := m["proxy_cpu_s"]; ok {
 					m["proxy_cpu_s_per_gib"] = cpu / (float64(cfg.FileSize) / gib)
 				}
-				if others1, ok := sideUsage(nodePID); ok && othersOK {
+				if others1, err := sideUsage(nodePIDs); err == nil && errOthers == nil {
 					m["node_cpu_s"] = others1.node - others0.node
 					m["client_cpu_s"] = others1.client - others0.client
 				}
@@ -245,14 +245,38 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 	return sr, nil
 }
 
-// sideCPU is the CPU seconds so far of the Kubo node and of this
-// process, whose client is the only thing working during a fetch.
+// sideCPU is the CPU seconds so far of the Kubo nodes (summed) and of
+// this process, whose clients are the only thing it runs during a fetch.
 type sideCPU struct{ node, client float64 }
 
-func sideUsage(nodePID int) (sideCPU, bool) {
-	n, err1 := readUsage(nodePID)
-	c, err2 := readUsage(os.Getpid())
-	return sideCPU{node: n.CPUSeconds, client: c.CPUSeconds}, err1 == nil && err2 == nil
+// nodePIDs finds the daemons serving nodes, once per scenario: each is a
+// scan of /proc.
+func (e *env) nodePIDs(nodes []*kubotest.Node) ([]int, error) {
+	pids := make([]int, len(nodes))
+	for i, n := range nodes {
+		pid, err := kuboPID(e.kuboBin, n.Dir)
+		if err != nil {
+			return nil, err
+		}
+		pids[i] = pid
+	}
+	return pids, nil
+}
+
+func sideUsage(nodePIDs []int) (sideCPU, error) {
+	c, err := readUsage(os.Getpid())
+	if err != nil {
+		return sideCPU{}, err
+	}
+	u := sideCPU{client: c.CPUSeconds}
+	for _, pid := range nodePIDs {
+		n, err := readUsage(pid)
+		if err != nil {
+			return sideCPU{}, err
+		}
+		u.node += n.CPUSeconds
+	}
+	return u, nil
 }
 
 // pctStat turns a ratio (path/direct) into percent added over direct.
