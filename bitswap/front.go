@@ -96,9 +96,7 @@ func (r *Relay) fromUpstreamFrame(p peer.ID, body []byte) error {
 	for i := range m.wants {
 		size += entrySize(m.wants[i]) // what boxo's Size counts for it
 	}
-	if size > r.cfg.MaxMessageSize {
-		r.counters.DroppedMessages.Add(1)
-		r.log.Debug("dropping oversized message", zap.Stringer("peer", p), zap.Int("size", size))
+	if r.oversized(p, size) {
 		return nil
 	}
 	r.upstreamWants(p, m.wants, m.full, nil)

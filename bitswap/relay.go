@@ -203,9 +203,7 @@ func (f frontReceiver) PeerConnected(peer.ID) {}
 func (f frontReceiver) PeerDisconnected(peer.ID) {}
 
 func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
-	if size := msg.Size(); size > r.cfg.MaxMessageSize {
-		r.counters.DroppedMessages.Add(1)
-		r.log.Debug("dropping oversized message", zap.Stringer("peer", p), zap.Int("size", size))
+	if r.oversized(p, msg.Size()) {
 		return
 	}
 	var replies bsmsg.BitSwapMessage
@@ -213,6 +211,18 @@ func (r *Relay) fromUpstream(p peer.ID, msg bsmsg.BitSwapMessage) {
 		replies = msg
 	}
 	r.upstreamWants(p, msg.Wantlist(), msg.Full(), replies)
+}
+
+// oversized reports, and counts, a message from upstream peer p whose
+// size (as boxo's Size counts it) is over --max-message-size: it is
+// dropped whole.
+func (r *Relay) oversized(p peer.ID, size int) bool {
+	if size <= r.cfg.MaxMessageSize {
+		return false
+	}
+	r.counters.DroppedMessages.Add(1)
+	r.log.Debug("dropping oversized message", zap.Stringer("peer", p), zap.Int("size", size))
+	return true
 }
 
 // upstreamWants takes the wantlist entries of one message from upstream
