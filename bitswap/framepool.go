@@ -241,13 +241,6 @@ func retainBlock(b blocks.Block) {
 	}
 }
 
-// pooledBlock reports whether b's bytes are a slice of a pooled node
-// buffer, which keeping b keeps from being reused.
-func pooledBlock(b blocks.Block) bool {
-	fb, ok := b.(*frameBlock)
-	return ok && fb.buf.pool != nil
-}
-
 // releaseBlock gives back a reference retainBlock took.
 func releaseBlock(b blocks.Block) {
 	if fb, ok := b.(*frameBlock); ok {

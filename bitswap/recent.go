@@ -27,16 +27,6 @@ type recentBlocks struct {
 	bytes    int
 	m        map[cid.Cid]*list.Element
 	order    *list.List // of *recentBlock, least recently used first
-	// shared, when set, tells whether more than one upstream peer (local
-	// fetches included) could ask for a block. Only then is a block whose
-	// bytes are a pooled node buffer kept: with one peer, which has just
-	// been sent the block, keeping it only holds the buffer back from the
-	// pool, and the next messages get new ones. After a start or an idle
-	// spell that was a fresh buffer for each of the first 32 MiB relayed,
-	// with their page faults and collections (docs/performance.md,
-	// "Scenario 1's CPU against the floor's, taken apart"). Blocks in
-	// buffers of their own (small ones) are kept as before.
-	shared func() bool
 }
 
 type recentBlock struct {
@@ -60,9 +50,6 @@ func (r *recentBlocks) put(b blocks.Block, now time.Time) {
 	if e, ok := r.m[b.Cid()]; ok {
 		e.Value.(*recentBlock).used = now
 		r.order.MoveToBack(e)
-		return
-	}
-	if r.shared != nil && pooledBlock(b) && !r.shared() {
 		return
 	}
 	retainBlock(b)

@@ -111,9 +111,6 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 	}
 	r.frames = newFramePool(cfg.NodeBufferPoolBytes, &r.counters)
 	r.core = newCore(cfg, shellFx{r}, down, &r.counters)
-	// The recent blocks keep pooled buffers only for a crowd (recent.go);
-	// the core's peers are read under r.mu, as the core runs.
-	r.core.recent.shared = func() bool { return len(r.core.peers) > 1 }
 	r.rev = newReverseSet(hostPeers{front.Host().Network()}, shellFx{r}, &r.counters)
 	return r
 }
