@@ -32,7 +32,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 )
 
-func newKey(t *testing.T) crypto.PrivKey {
+func newKey(t testing.TB) crypto.PrivKey {
 	t.Helper()
 	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {
@@ -64,7 +64,7 @@ func newFront(t *testing.T, cfg FrontConfig) host.Host {
 }
 
 // client is a bare TCP host, optionally on a private network.
-func client(t *testing.T, psk pnet.PSK, extra ...libp2p.Option) host.Host {
+func client(t testing.TB, psk pnet.PSK, extra ...libp2p.Option) host.Host {
 	t.Helper()
 	opts := []libp2p.Option{
 		libp2p.NoListenAddrs,

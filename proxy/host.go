@@ -15,7 +15,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/metrics"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/pnet"
-	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
@@ -225,14 +224,19 @@ type BackConfig struct {
 // every Kubo node itself, and Kubo opens its reply streams over those
 // connections.
 func NewBack(cfg BackConfig) (host.Host, error) {
-	// go-libp2p's default resource manager, without its metrics (see
-	// Limits.resourceManager).
-	limits := rcmgr.DefaultLimits
-	libp2p.SetDefaultServiceLimits(&limits)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()), rcmgr.WithMetricsDisabled())
+	// Not go-libp2p's resource manager: its accounting of every stream
+	// was paid once per block relayed, and the back host's peers are the
+	// operator's own nodes (fleetrm.go).
+	h, err := newBackHost(cfg, newFleetResources(defaultFleetLimits))
 	if err != nil {
-		return nil, fmt.Errorf("back host: resource manager: %w", err)
+		return nil, err
 	}
+	negotiateWithoutDeadline(h)
+	return h, nil
+}
+
+// newBackHost is the back host as go-libp2p makes it, with rm.
+func newBackHost(cfg BackConfig, rm network.ResourceManager) (host.Host, error) {
 	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
 		libp2p.NoListenAddrs,
@@ -259,11 +263,35 @@ func NewBack(cfg BackConfig) (host.Host, error) {
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
-		rm.Close()
 		return nil, fmt.Errorf("back host: %w", err)
 	}
-	closeWithHost(h, rm)
 	return h, nil
+}
+
+// negotiateWithoutDeadline takes over how the back host starts a stream a
+// node opened. go-libp2p's host arms a deadline (10 s) on the stream
+// while its protocol is negotiated and disarms it afterwards: two timers
+// set and stopped for every stream, so for every block a node sends. The
+// deadline guards against a peer that opens streams and never names a
+// protocol; the back host's peers are the fleet, their streams capped per
+// node (fleetrm.go), and the message that follows the protocol's name
+// (Kubo sends both in one write) is read without a deadline anyway
+// (bitswap's handleNodeStream), as go-libp2p's host would too. The rest is
+// what go-libp2p's host does: negotiate, account the protocol, hand over.
+func negotiateWithoutDeadline(h host.Host) {
+	mux := h.Mux()
+	h.Network().SetStreamHandler(func(s network.Stream) {
+		proto, handle, err := mux.Negotiate(s)
+		if err != nil {
+			_ = s.ResetWithError(network.StreamProtocolNegotiationFailed)
+			return
+		}
+		if err := s.SetProtocol(proto); err != nil {
+			_ = s.ResetWithError(network.StreamResourceLimitExceeded)
+			return
+		}
+		handle(proto, s)
+	})
 }
 
 // DialableAddrs returns the host's addresses with /p2p/<id> appended, as a

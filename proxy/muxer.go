@@ -1,8 +1,13 @@
 package proxy
 
 import (
-	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"fmt"
+	"net"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	libp2pyamux "github.com/libp2p/go-libp2p/p2p/muxer/yamux"
 	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	"github.com/libp2p/go-yamux/v5"
 )
 
 // FrontFrameData is the most data one yamux frame carries on the front
@@ -28,15 +33,46 @@ const yamuxHeader = 12
 const backStreamWindow = 1 << 20
 
 // frontMuxer is go-libp2p's yamux with frames sized for Noise.
-func frontMuxer() *yamux.Transport {
-	c := *yamux.DefaultTransport
+func frontMuxer() *yamuxMuxer {
+	c := *libp2pyamux.DefaultTransport
 	c.MaxMessageSize = FrontFrameData + yamuxHeader
-	return &c
+	return (*yamuxMuxer)(&c)
 }
 
 // backMuxer is go-libp2p's yamux with a larger initial stream window.
-func backMuxer() *yamux.Transport {
-	c := *yamux.DefaultTransport
+func backMuxer() *yamuxMuxer {
+	c := *libp2pyamux.DefaultTransport
 	c.InitialStreamWindowSize = backStreamWindow
-	return &c
+	return (*yamuxMuxer)(&c)
+}
+
+// yamuxMuxer is go-libp2p's yamux transport (p2p/muxer/yamux) with a
+// cheaper memory span for each stream. go-libp2p's asks the connection's
+// peer scope for a span (BeginSpan), and rcmgr names every span with
+// fmt.Sprintf and registers it: for each stream, a stream per block
+// relayed on both hosts. A lightSpan reserves in the same peer scope
+// directly, so the limits checked are the same (a span's own limit is
+// its owner's, and every byte it holds is also its owner's), and gives
+// back what it holds when the stream ends, as a span's Done does.
+type yamuxMuxer yamux.Config
+
+var _ network.Multiplexer = (*yamuxMuxer)(nil)
+
+func (t *yamuxMuxer) NewConn(nc net.Conn, isServer bool, scope network.PeerScope) (network.MuxedConn, error) {
+	var newSpan func() (yamux.MemoryManager, error)
+	if scope != nil {
+		newSpan = func() (yamux.MemoryManager, error) { return &lightSpan{owner: scope}, nil }
+	}
+	cfg := (*yamux.Config)(t)
+	var s *yamux.Session
+	var err error
+	if isServer {
+		s, err = yamux.Server(nc, cfg, newSpan)
+	} else {
+		s, err = yamux.Client(nc, cfg, newSpan)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("yamux: %w", err)
+	}
+	return libp2pyamux.NewMuxedConn(s), nil
 }

@@ -34,7 +34,7 @@ func (c *countingConn) Write(b []byte) (int, error) {
 
 // noiseMessagesFor writes n bytes on a stream of a yamux session built by
 // mux over Noise over a pipe, and counts the Noise messages it took.
-func noiseMessagesFor(t *testing.T, mux *yamux.Transport, n int) int64 {
+func noiseMessagesFor(t *testing.T, mux network.Multiplexer, n int) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
