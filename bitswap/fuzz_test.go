@@ -215,6 +215,7 @@ func (fx *fuzzFixture) run(t *testing.T, ctl uint8, a, b []byte) {
 	}
 	r := New(Config{FetchMisses: ctl&0x40 != 0, MaxWantsPerPeer: 64, CheckInterval: time.Hour}, front, back, down, zap.NewNop())
 	r.frames.poison = true
+	r.viaBsnet = true // the fake back network sees what goes to the nodes
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r.Start(ctx)

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ipfs/boxo/bitswap/client/wantlist"
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
 	pb "github.com/ipfs/boxo/bitswap/message/pb"
 	bsnet "github.com/ipfs/boxo/bitswap/network"
@@ -342,19 +343,35 @@ type wantOp struct {
 	priority int32
 }
 
+// entry is op as the wantlist entry that carries it. Every want asks for
+// DONT_HAVE: it is what lets Kitsune move a want to the next node instead
+// of waiting out a timeout. (boxo's Cancel and AddEntry make the same.)
+func (op wantOp) entry(c cid.Cid) bsmsg.Entry {
+	if op.cancel {
+		return bsmsg.Entry{Entry: wantlist.Entry{Cid: c, WantType: pb.Message_Wantlist_Block}, Cancel: true}
+	}
+	return bsmsg.Entry{Entry: wantlist.Entry{Cid: c, Priority: op.priority, WantType: op.wantType}, SendDontHave: true}
+}
+
 // wantOutbox batches wantlist changes for one peer over a long-lived
 // stream, the way boxo's client message queue does: wants to a downstream
 // node, or, for reverse sessions, wants to an upstream peer. Only the
 // newest operation per CID is kept: a want followed by its cancel before
 // the batch leaves becomes just the cancel. It also carries the replies to
 // the peer's own wants (DONT_HAVE, and in reverse sessions HAVE and blocks).
+// Its writer goroutine (run) writes the messages, one at a time, so they
+// leave in the order they were drained.
 type wantOutbox struct {
-	to  peer.ID
-	net bsnet.BitSwapNetwork
-	log *zap.Logger
+	to   peer.ID
+	link wantLink
+	log  *zap.Logger
 	// failures, when set, counts the messages whose send failed (they are
 	// dropped).
 	failures *atomic.Uint64
+
+	// entries and presences are the message being written, the writer's.
+	entries   []bsmsg.Entry
+	presences []bsmsg.BlockPresence
 
 	mu       sync.Mutex
 	ops      map[cid.Cid]wantOp
@@ -363,11 +380,15 @@ type wantOutbox struct {
 	running  bool
 	idle     bool // as in replyOutbox
 	wake     chan struct{}
-	sender   bsnet.MessageSender
 }
 
+// newWantOutbox writes through boxo's message sender on net.
 func newWantOutbox(to peer.ID, net bsnet.BitSwapNetwork, log *zap.Logger) *wantOutbox {
-	return &wantOutbox{to: to, net: net, log: log, ops: make(map[cid.Cid]wantOp), presence: make(map[cid.Cid]pb.Message_BlockPresenceType),
+	return newWantOutboxOn(to, &bsnetLink{net: net, to: to}, log)
+}
+
+func newWantOutboxOn(to peer.ID, link wantLink, log *zap.Logger) *wantOutbox {
+	return &wantOutbox{to: to, link: link, log: log, ops: make(map[cid.Cid]wantOp), presence: make(map[cid.Cid]pb.Message_BlockPresenceType),
 		wake: make(chan struct{}, 1)}
 }
 
@@ -402,7 +423,7 @@ func (o *wantOutbox) have(ctx context.Context, c cid.Cid) {
 }
 
 func (o *wantOutbox) block(ctx context.Context, b blocks.Block) {
-	// Not counted here (bsnet writes it, and only upstream blocks come
+	// Not counted here (the link writes it, and only upstream blocks come
 	// this way): never reused, whatever it is.
 	escapeBlock(b)
 	o.mu.Lock()
@@ -420,10 +441,7 @@ func (o *wantOutbox) reset() {
 	clear(o.ops)
 	clear(o.presence)
 	o.blocks = nil
-	if o.sender != nil {
-		_ = o.sender.Reset()
-		o.sender = nil
-	}
+	o.link.reset()
 }
 
 func (o *wantOutbox) kickLocked(ctx context.Context) {
@@ -438,9 +456,47 @@ func (o *wantOutbox) kickLocked(ctx context.Context) {
 	go o.run(ctx)
 }
 
+func (o *wantOutbox) emptyLocked() bool {
+	return len(o.ops) == 0 && len(o.presence) == 0 && len(o.blocks) == 0
+}
+
 // maxEntriesPerMessage keeps wantlist messages well under the receiver's
 // message size limit even with long CIDs.
 const maxEntriesPerMessage = 4096
+
+// drainLocked takes the next message out of the queue, into the writer's
+// entries and presences.
+func (o *wantOutbox) drainLocked() wireParts {
+	entries := o.entries[:0]
+	for c, op := range o.ops {
+		if len(entries) == maxEntriesPerMessage {
+			break
+		}
+		entries = append(entries, op.entry(c))
+		delete(o.ops, c)
+	}
+	size, nb := 0, 0
+	for nb < len(o.blocks) && (nb == 0 || size+len(o.blocks[nb].RawData()) <= maxReplyBytes) {
+		size += len(o.blocks[nb].RawData())
+		nb++
+	}
+	blks := slices.Clone(o.blocks[:nb])
+	clear(o.blocks[:nb])
+	o.blocks = o.blocks[nb:]
+	if len(o.blocks) == 0 {
+		o.blocks = nil
+	}
+	presences := o.presences[:0]
+	for c, t := range o.presence {
+		// A block answers for itself (boxo's message keeps the block).
+		if !slices.ContainsFunc(blks, func(b blocks.Block) bool { return b.Cid() == c }) {
+			presences = append(presences, bsmsg.BlockPresence{Cid: c, Type: t})
+		}
+	}
+	clear(o.presence)
+	o.entries, o.presences = entries, presences
+	return wireParts{wants: entries, presences: presences, blocks: blks}
+}
 
 func (o *wantOutbox) run(ctx context.Context) {
 	var linger *time.Timer
@@ -451,77 +507,21 @@ func (o *wantOutbox) run(ctx context.Context) {
 			o.mu.Unlock()
 			return
 		}
-		if len(o.ops) == 0 && len(o.presence) == 0 && len(o.blocks) == 0 {
+		if o.emptyLocked() {
 			if lingerIdle(ctx, &o.mu, o.wake, &o.idle, &o.running, &linger) {
 				return
 			}
 			continue
 		}
-		msg := bsmsg.New(false)
-		n := 0
-		for c, op := range o.ops {
-			if n == maxEntriesPerMessage {
-				break
-			}
-			if op.cancel {
-				msg.Cancel(c)
-			} else {
-				// Always ask for DONT_HAVE: it is what lets Kitsune move a
-				// want to the next node instead of waiting out a timeout.
-				msg.AddEntry(c, op.priority, op.wantType, true)
-			}
-			delete(o.ops, c)
-			n++
-		}
-		for c, t := range o.presence {
-			msg.AddBlockPresence(c, t)
-		}
-		clear(o.presence)
-		size, nb := 0, 0
-		for nb < len(o.blocks) && (nb == 0 || size+len(o.blocks[nb].RawData()) <= maxReplyBytes) {
-			msg.AddBlock(o.blocks[nb])
-			size += len(o.blocks[nb].RawData())
-			nb++
-		}
-		clear(o.blocks[:nb])
-		o.blocks = o.blocks[nb:]
-		if len(o.blocks) == 0 {
-			o.blocks = nil
-		}
-		sender := o.sender
+		m := o.drainLocked()
 		o.mu.Unlock()
-
-		err := o.send(ctx, sender, msg)
-		if err != nil {
+		if err := o.link.send(ctx, m); err != nil {
 			if o.failures != nil {
 				o.failures.Add(1)
 			}
 			o.log.Debug("send to downstream failed", zap.Stringer("node", o.to), zap.Error(err))
 		}
 	}
-}
-
-func (o *wantOutbox) send(ctx context.Context, sender bsnet.MessageSender, msg bsmsg.BitSwapMessage) error {
-	if sender == nil {
-		s, err := o.net.NewMessageSender(ctx, o.to, &bsnet.MessageSenderOpts{MaxRetries: 3})
-		if err != nil {
-			return err
-		}
-		o.mu.Lock()
-		o.sender = s
-		o.mu.Unlock()
-		sender = s
-	}
-	if err := sender.SendMsg(ctx, msg); err != nil {
-		o.mu.Lock()
-		if o.sender == sender {
-			o.sender = nil
-		}
-		o.mu.Unlock()
-		_ = sender.Reset()
-		return err
-	}
-	return nil
 }
 
 // writerLinger is how long an outbox's writer waits for more once it has

@@ -86,6 +86,10 @@ type Relay struct {
 	// receiver's close (pace.go); shorter in tests.
 	replyWindow, replyAckWait time.Duration
 
+	// viaBsnet sends to the nodes through boxo's message sender on back,
+	// not a stream of the relay's own (the fuzz target's fake network).
+	viaBsnet bool
+
 	counters Counters
 	// frames are the node message buffers for reuse (framepool.go).
 	frames *framePool
@@ -324,7 +328,11 @@ func (b backReceiver) PeerDisconnected(peer.ID) {
 func (r *Relay) nodeOutLocked(id peer.ID) *wantOutbox {
 	o := r.nodeOut[id]
 	if o == nil {
-		o = newWantOutbox(id, r.back, r.log)
+		if h := r.back.Host(); h != nil && !r.viaBsnet {
+			o = newWantOutboxOn(id, &streamLink{h: h, to: id}, r.log)
+		} else {
+			o = newWantOutbox(id, r.back, r.log)
+		}
 		o.failures = &r.counters.NodeSendFailures
 		r.nodeOut[id] = o
 	}
