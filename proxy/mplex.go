@@ -118,6 +118,16 @@ func (c *guardedMplexConn) wrap(s network.MuxedStream, err error) (network.Muxed
 type guardedMplexStream struct {
 	network.MuxedStream
 	conn *guardedMplexConn
+	// rmu serialises reads: go-mplex's Read keeps the rest of a chunk
+	// between calls unlocked, and drain reads from the goroutine that
+	// closes or resets the stream while its reader may still be reading.
+	rmu sync.Mutex
+}
+
+func (s *guardedMplexStream) Read(b []byte) (int, error) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	return s.MuxedStream.Read(b)
 }
 
 // Reset resets the stream, unless the connection already has
@@ -158,9 +168,13 @@ func (s *guardedMplexStream) Close() error {
 // reset can still be lost; that takes a peer sending at that instant.
 func (s *guardedMplexStream) drain() {
 	const maxReads, enoughIdle = 64, 16
+	// The deadline first: it ends a read waiting for data, whose
+	// goroutine then lets go of rmu.
 	if err := s.MuxedStream.SetReadDeadline(time.Now().Add(-time.Second)); err != nil {
 		return
 	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
 	var scratch [mp.BufferSize]byte
 	idle := 0
 	for range maxReads {
