@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,6 +47,7 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 	}
 	exited := make(chan struct{}) // closed once the process is reaped
 	var exitErr error
+	var exitedAt time.Time
 	var kitsuneAddr, adminURL string
 	sc := bufio.NewScanner(stdout)
 	for (kitsuneAddr == "" || adminURL == "") && sc.Scan() {
@@ -59,7 +59,12 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 			adminURL = strings.TrimSpace(line[i+len("/readyz) on "):])
 		}
 	}
-	go func() { _, _ = bufio.NewReader(stdout).WriteTo(new(bytes.Buffer)); exitErr = cmd.Wait(); close(exited) }()
+	go func() {
+		_, _ = bufio.NewReader(stdout).WriteTo(new(bytes.Buffer))
+		exitErr = cmd.Wait()
+		exitedAt = time.Now()
+		close(exited)
+	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-exited
@@ -133,15 +138,18 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 	case <-time.After(drainTimeout):
 		t.Fatalf("still running %v after SIGTERM; stderr:\n%s", drainTimeout, stderr.String())
 	}
-	took := time.Since(signalled)
-	// The drain began with the fetch's wants in flight, and ended because
-	// they were served, not because the timeout passed.
-	m := regexp.MustCompile(`draining: [^\n]*"in_flight": (\d+)`).FindStringSubmatch(stderr.String())
-	if m == nil {
+	took := exitedAt.Sub(signalled)
+	// The drain served the fetch that straddled the signal and ended because
+	// it was done, not because the timeout passed. How many wants were in
+	// flight at the instant the drain began is not asserted: between two
+	// batches of a DAG walk a client briefly has none outstanding (which is
+	// why the drain waits for a quiet period), and on a fast machine the
+	// signal lands in such a gap in one run of ten (CI at 0a1b757).
+	if regexp.MustCompile(`draining: [^\n]*"in_flight": (\d+)`).FindStringSubmatch(stderr.String()) == nil {
 		t.Fatalf("no draining log line; stderr:\n%s", stderr.String())
 	}
-	if n, _ := strconv.Atoi(m[1]); n == 0 {
-		t.Fatalf("nothing in flight when the drain began (the fetch ended first?); stderr:\n%s", stderr.String())
+	if !exitedAt.After(r.at) {
+		t.Fatalf("the process exited %v before the fetch ended; stderr:\n%s", r.at.Sub(exitedAt), stderr.String())
 	}
 	if !strings.Contains(stderr.String(), `"outcome": "idle"`) {
 		t.Fatalf("the drain did not end idle; stderr:\n%s", stderr.String())
