@@ -25,7 +25,7 @@ var columns = map[int][]column{
 		{head: "speed vs direct", key: "throughput", vs: true, format: "%.2f"},
 		{head: "of which warm-up (s)", key: "warm_s", format: "%.2f"},
 		{head: "proxy CPU (s)", key: "proxy_cpu_s", format: "%.2f"},
-		{head: "proxy CPU s per GiB", key: "proxy_cpu_s_per_gib", format: "%.1f"},
+		{head: "proxy CPU s per GiB", key: "proxy_cpu_s_per_gib", format: "%.2f"},
 		{head: "node CPU (s)", key: "node_cpu_s", format: "%.2f"},
 		{head: "client CPU (s)", key: "client_cpu_s", format: "%.2f"},
 		{head: "proxy peak RSS (MiB)", key: "proxy_peak_rss_mib", format: "%.0f"},
