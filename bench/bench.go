@@ -244,6 +244,13 @@ func firstLine(s string) string {
 	return s
 }
 
+// settle collects the garbage in this process, where the clients run,
+// just before a run reads its first CPU figures and starts its clock: a run
+// then pays for its own garbage only, not for what the run before it (of
+// another path: rotate) left behind, which one path would otherwise
+// inherit more often than another.
+func settle() { runtime.GC() }
+
 // rotate starts run r's paths at a different one each run, so no path
 // always runs first (on a cold cache) or last.
 func rotate(paths []string, r int) []string {

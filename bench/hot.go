@@ -81,6 +81,7 @@ func (e *env) scenario6() (*ScenarioResult, error) {
 						return nil, err
 					}
 				}
+				settle()
 				before, ok := e.proxyUsage(p, srv)
 				others0, errOthers := sideUsage(nodePIDs)
 				cf := fetchCrowd(ctx, clients, 2*time.Minute, true, func(ctx context.Context, _ int, c *client) (int, int64, error) {

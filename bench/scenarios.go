@@ -204,6 +204,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 					return nil, err
 				}
 				m := map[string]float64{}
+				settle()
 				before, ok := e.proxyUsage(p, srv)
 				others0, errOthers := sideUsage(nodePIDs)
 				t0 := time.Now()
@@ -366,6 +367,7 @@ func (e *env) scenario2() (*ScenarioResult, error) {
 					return nil, err
 				}
 				defer w.close()
+				settle()
 				before, ok := e.proxyUsage(p, srv)
 				lat, err := fetchEach(ctx, blocks, func(ctx context.Context, b rawBlock) ([]byte, error) {
 					if p == pathKuboFront {
@@ -518,6 +520,7 @@ func (e *env) scenario3() (*ScenarioResult, error) {
 					return nil, err
 				}
 
+				settle()
 				before, ok := e.proxyUsage(p, srv)
 				cf := fetchCrowd(ctx, clients, time.Minute, false, func(ctx context.Context, i int, c *client) (int, int64, error) {
 					if p == pathKuboFront {
