@@ -402,7 +402,7 @@ func fetchTo(ctx context.Context, url, file string) error {
 	return f.Close()
 }
 
-// cpuAndBytesOut reads Kitsune's CPU seconds (from /proc) and the block
+// cpuAndBytesOut reads Kitsune's CPU seconds (its CPU clock) and the block
 // bytes it has sent upstream (from /metrics).
 func (s *server) cpuAndBytesOut(ctx context.Context) (cpu, out float64, err error) {
 	u, err := s.usage()
