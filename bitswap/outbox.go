@@ -213,17 +213,9 @@ func (o *replyOutbox) run() {
 		}
 		opened = false
 		msg := bsmsg.New(false)
-		size, n, target := 0, 0, o.pace.messageBytes()
-		for n < len(o.blocks) && (n == 0 || size+len(o.blocks[n].RawData()) <= target) {
-			msg.AddBlock(o.blocks[n])
-			size += len(o.blocks[n].RawData())
-			n++
-		}
-		sending := slices.Clone(o.blocks[:n])
-		clear(o.blocks[:n])
-		o.blocks = o.blocks[n:]
-		if len(o.blocks) == 0 {
-			o.blocks = nil // let the backing array go
+		sending, size := takeBlocks(&o.blocks, o.pace.messageBytes())
+		for _, b := range sending {
+			msg.AddBlock(b)
 		}
 		presence := maps.Clone(o.presence)
 		for c, t := range presence {
@@ -261,6 +253,23 @@ func (o *replyOutbox) run() {
 			write()
 		}
 	}
+}
+
+// takeBlocks takes one message's blocks off the front of queue: the first
+// whatever its size, then more until the next would take their data past
+// budget bytes. It returns them in a slice of their own with their data's
+// size, and clears the slots they leave so the queue keeps no block alive.
+func takeBlocks(queue *[]blocks.Block, budget int) (taken []blocks.Block, size int) {
+	q, n := *queue, 0
+	for ; n < len(q) && (n == 0 || size+len(q[n].RawData()) <= budget); n++ {
+		size += len(q[n].RawData())
+	}
+	taken = slices.Clone(q[:n])
+	clear(q[:n])
+	if *queue = q[n:]; len(*queue) == 0 {
+		*queue = nil // let the backing array go
+	}
+	return taken, size
 }
 
 // roomLocked reports whether a message should go now: something to send,
@@ -475,17 +484,7 @@ func (o *wantOutbox) drainLocked() wireParts {
 		entries = append(entries, op.entry(c))
 		delete(o.ops, c)
 	}
-	size, nb := 0, 0
-	for nb < len(o.blocks) && (nb == 0 || size+len(o.blocks[nb].RawData()) <= maxReplyBytes) {
-		size += len(o.blocks[nb].RawData())
-		nb++
-	}
-	blks := slices.Clone(o.blocks[:nb])
-	clear(o.blocks[:nb])
-	o.blocks = o.blocks[nb:]
-	if len(o.blocks) == 0 {
-		o.blocks = nil
-	}
+	blks, _ := takeBlocks(&o.blocks, maxReplyBytes)
 	presences := o.presences[:0]
 	for c, t := range o.presence {
 		// A block answers for itself (boxo's message keeps the block).
