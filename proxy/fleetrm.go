@@ -204,7 +204,9 @@ func (p *fleetPeer) BeginSpan() (network.ResourceScopeSpan, error) {
 
 // lightSpan reserves in its owner and gives back, when done, whatever it
 // still holds. Each yamux stream gets one (from the connection's peer
-// scope) for its window growth, on both hosts (muxer.go).
+// scope) for its window growth, on both hosts (muxer.go). The one in a
+// fleetConn has no owner until the handshake names the connection's node,
+// and until then only counts what it holds.
 type lightSpan struct {
 	owner network.ResourceScope
 
@@ -219,8 +221,10 @@ func (s *lightSpan) ReserveMemory(size int, prio uint8) error {
 	if s.done {
 		return network.ErrResourceScopeClosed
 	}
-	if err := s.owner.ReserveMemory(size, prio); err != nil {
-		return err
+	if s.owner != nil {
+		if err := s.owner.ReserveMemory(size, prio); err != nil {
+			return err
+		}
 	}
 	s.reserved += int64(size)
 	return nil
@@ -233,7 +237,9 @@ func (s *lightSpan) ReleaseMemory(size int) {
 		return
 	}
 	s.reserved -= int64(size)
-	s.owner.ReleaseMemory(size)
+	if s.owner != nil {
+		s.owner.ReleaseMemory(size)
+	}
 }
 
 func (s *lightSpan) Stat() network.ScopeStat {
@@ -257,7 +263,7 @@ func (s *lightSpan) finish() bool {
 		return false
 	}
 	s.done = true
-	if s.reserved != 0 {
+	if s.reserved != 0 && s.owner != nil {
 		s.owner.ReleaseMemory(int(s.reserved))
 		s.reserved = 0
 	}
@@ -295,51 +301,16 @@ func (c *fleetConn) PeerScope() network.PeerScope {
 	return nil // an untyped nil: the upgrader checks for it
 }
 
-func (c *fleetConn) ReserveMemory(size int, prio uint8) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.done {
-		return network.ErrResourceScopeClosed
-	}
-	if c.owner != nil {
-		if err := c.owner.ReserveMemory(size, prio); err != nil {
-			return err
-		}
-	}
-	c.reserved += int64(size)
-	return nil
-}
-
-func (c *fleetConn) ReleaseMemory(size int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.done {
-		return
-	}
-	c.reserved -= int64(size)
-	if c.owner != nil {
-		c.owner.ReleaseMemory(size)
-	}
-}
-
-func (c *fleetConn) BeginSpan() (network.ResourceScopeSpan, error) {
-	return &lightSpan{owner: c}, nil
-}
-
+// Done gives back what the connection still holds and its reference to
+// its node. Its owner is set for good by then: SetPeer refuses a done
+// scope.
 func (c *fleetConn) Done() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.done {
+	if !c.finish() {
 		return
 	}
-	c.done = true
-	fp, _ := c.owner.(*fleetPeer)
-	if fp == nil {
-		return
+	if fp, ok := c.owner.(*fleetPeer); ok {
+		c.m.release(fp)
 	}
-	fp.ReleaseMemory(int(c.reserved))
-	c.reserved = 0
-	c.m.release(fp)
 }
 
 // fleetStream is a stream's scope: a span of its node's. Protocols and
