@@ -288,7 +288,17 @@ func (c *fleetConn) SetPeer(p peer.ID) error {
 	if c.owner != nil {
 		return errors.New("back host: connection scope already has a peer")
 	}
-	c.owner = c.m.acquire(p)
+	fp := c.m.acquire(p)
+	// What the connection reserved before the handshake named its node
+	// moves to the node, as rcmgr's SetPeer does: Done gives everything
+	// the connection holds back to the node, which must have had it.
+	if c.reserved > 0 {
+		if err := fp.ReserveMemory(int(c.reserved), network.ReservationPriorityAlways); err != nil {
+			c.m.release(fp)
+			return err
+		}
+	}
+	c.owner = fp
 	return nil
 }
 

@@ -188,6 +188,62 @@ func TestFleetResourcesMemoryPerNode(t *testing.T) {
 	}
 }
 
+// Memory a connection reserves before the handshake names its node
+// (none today over TCP, but the scope allows it) moves to the node when it
+// is named, and goes back from there: the node's account never goes below
+// what its streams hold.
+func TestFleetConnCarriesEarlyReservationsToItsNode(t *testing.T) {
+	m := newFleetResources(fleetLimits{streamsIn: 4, memory: 1024})
+	p := peer.ID("node-a")
+	s, err := m.OpenStream(p, network.DirInbound) // keeps the node's account open
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := m.OpenConnection(network.DirOutbound, true, ma.StringCast("/ip4/192.0.2.1/tcp/4001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.ReserveMemory(100, network.ReservationPriorityAlways); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetPeer(p); err != nil {
+		t.Fatal(err)
+	}
+	if got := fleetStat2(m, p).Memory; got != 100 {
+		t.Fatalf("node holds %d once the connection is named, want its 100", got)
+	}
+	conn.ReleaseMemory(40)
+	if got := fleetStat2(m, p).Memory; got != 60 {
+		t.Fatalf("node holds %d after the connection gave back 40, want 60", got)
+	}
+	conn.Done()
+	if got := fleetStat2(m, p).Memory; got != 0 {
+		t.Fatalf("node holds %d after the connection ended, want 0", got)
+	}
+	s.Done()
+
+	// A node without room for the early reservation: the connection is
+	// refused its peer, and the node's account is let go.
+	full := newFleetResources(fleetLimits{streamsIn: 4, memory: 64})
+	conn, err = full.OpenConnection(network.DirOutbound, true, ma.StringCast("/ip4/192.0.2.1/tcp/4001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.ReserveMemory(100, network.ReservationPriorityAlways); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.SetPeer(p); !errors.Is(err, network.ErrResourceLimitExceeded) {
+		t.Fatalf("naming a node without room for the connection's 100 bytes: got %v", err)
+	}
+	conn.Done()
+	full.mu.Lock()
+	left := len(full.peers)
+	full.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d nodes still accounted after a refused connection ended", left)
+	}
+}
+
 func fleetStat2(m *fleetResources, p peer.ID) (st network.ScopeStat) {
 	_ = m.ViewPeer(p, func(s network.PeerScope) error {
 		st = s.Stat()
