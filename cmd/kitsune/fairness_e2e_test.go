@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,8 +28,23 @@ import (
 // it does alone, because Kitsune ranks each peer's n-th want MaxInt32−n
 // (downstream and in its own queue), so Helia's few wants go ahead of the
 // Kubo client's deep backlog instead of behind it.
+//
+// Kitsune reaches the node through a proxy that holds every chunk for
+// 2 ms (delayProxy), so that each of the busy client's 1 MiB wants takes
+// the node tens of milliseconds instead of about three: a want stuck
+// behind the backlog then costs Helia far more than the CPU the busy
+// client takes from it. On loopback alone (a faster machine than the one
+// the bound was first set on) the two were of a size: Helia took 1.2-1.8 s
+// beside the busy client with the priorities and about 2.1 s without them,
+// against about 0.5 s alone, and the test failed in CI under load.
 func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
-	node := kubotest.Start(t, kubotest.Options{})
+	port := freePort(t)
+	proxied := delayProxy(t, fmt.Sprintf("127.0.0.1:%d", port), 2*time.Millisecond)
+	_, proxyPort, _ := net.SplitHostPort(proxied)
+	node := kubotest.Start(t, kubotest.Options{Config: map[string]any{
+		"Addresses.Swarm":    []string{fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)},
+		"Addresses.Announce": []string{"/ip4/127.0.0.1/tcp/" + proxyPort},
+	}})
 	client := kubotest.Start(t, kubotest.Options{})
 	ctx := testCtx(t, 3*time.Minute)
 
@@ -56,6 +73,9 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 	}
 	const inflight = 1 // the node serves one want at a time for Kitsune: all contention is in Kitsune's queue
 	k := startKitsune(t, []*kubotest.Node{node}, func(c *runCmd) { c.MaxInflightPerNode = inflight })
+	if got := k.nodeStatus(t, node).Addrs; len(got) != 1 || !strings.HasSuffix(got[0].String(), "/tcp/"+proxyPort) {
+		t.Fatalf("kitsune reaches the node through %v, not the delaying proxy", got)
+	}
 	if err := client.Connect(ctx, k.info(t, "tcp")); err != nil {
 		t.Fatal(err)
 	}
@@ -147,17 +167,18 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 	aloneMed, busyMed := median(alone), median(busy)
 	t.Logf("helia 1 MiB 8 dirs deep alone %v (median %v); beside a kubo client pinning %d×64 MiB with %v of its wants queued in kitsune: %v (median %v); kubo client finished %d rounds",
 		alone, aloneMed, busyFiles, queued, busy, busyMed, r)
-	// The bound: 2.5× alone + 0.5 s. Measured on the shared 2-core box
-	// (inflight 1, ~30 of the busy client's 1 MiB wants queued): with
-	// the priorities Helia took 1.05 s beside the busy client against
-	// 0.6 s alone (1.8×); with them neutralised (every want priority 1,
-	// the queue FIFO) 2.87 s against 0.43 s (6.7×), each of its eleven
-	// sequential wants waiting behind the backlog. The bound sits about
-	// halfway (in ratio) between the two, so load on the machine, which
-	// slows both phases, can double the fair figure before it trips,
-	// while the unfair one still exceeds it nearly twice over.
-	if bound := aloneMed*5/2 + 500*time.Millisecond; busyMed > bound {
-		t.Fatalf("helia took %v (median) beside a busy kubo client, over the bound %v (2.5× its %v alone + 0.5 s)", busyMed, bound, aloneMed)
+	// The bound: 4× alone + 1 s. Measured with the delaying proxy, on the
+	// shared 2-core box (load average 3-6, inflight 1, 14-83 of the busy
+	// client's 1 MiB wants queued), in two pairs of runs: with the
+	// priorities Helia took 1.02 and 1.30 s beside the busy client against
+	// 0.54 and 0.57 s alone (1.9× and 2.3×); with them neutralised (every
+	// want priority 1, the queue FIFO) 11.2 and 8.0 s against 0.49 and
+	// 0.63 s (23× and 13×), each of its eleven sequential wants waiting
+	// behind the backlog. The bound sits about halfway (in ratio) between
+	// the two, so load on the machine can slow the fair figure 2.5× before
+	// it trips, while the unfair one still exceeds it 2.5× over.
+	if bound := aloneMed*4 + time.Second; busyMed > bound {
+		t.Fatalf("helia took %v (median) beside a busy kubo client, over the bound %v (4× its %v alone + 1 s)", busyMed, bound, aloneMed)
 	}
 }
 
