@@ -6,8 +6,8 @@
 //
 // Every proxy under test runs as a process of its own (Kitsune from its
 // built binary, the forwarder by re-running this binary), so its CPU time
-// comes from its process CPU clock and its peak RSS from /proc; the Kubo nodes are real daemons
-// (internal/kubotest); the clients are in-process go-libp2p hosts with
+// comes from its process CPU clock and its peak RSS from /proc; the Kubo
+// nodes are real daemons (internal/kubotest); the clients are in-process go-libp2p hosts with
 // boxo's Bitswap client. Only loopback traffic, apart from scenario 5's
 // client in a network namespace across a shaped veth link; every loop is bounded in
 // count and time.

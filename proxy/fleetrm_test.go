@@ -180,10 +180,7 @@ func TestFleetResourcesMemoryPerNode(t *testing.T) {
 	s2.Done()
 	conn.Done()
 	so.Done()
-	m.mu.Lock()
-	left := len(m.peers)
-	m.mu.Unlock()
-	if left != 0 {
+	if left := accountedNodes(m); left != 0 {
 		t.Fatalf("%d nodes still accounted with nothing open", left)
 	}
 }
@@ -236,12 +233,16 @@ func TestFleetConnCarriesEarlyReservationsToItsNode(t *testing.T) {
 		t.Fatalf("naming a node without room for the connection's 100 bytes: got %v", err)
 	}
 	conn.Done()
-	full.mu.Lock()
-	left := len(full.peers)
-	full.mu.Unlock()
-	if left != 0 {
+	if left := accountedNodes(full); left != 0 {
 		t.Fatalf("%d nodes still accounted after a refused connection ended", left)
 	}
+}
+
+// accountedNodes is how many nodes m keeps an account for.
+func accountedNodes(m *fleetResources) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.peers)
 }
 
 func fleetStat2(m *fleetResources, p peer.ID) (st network.ScopeStat) {

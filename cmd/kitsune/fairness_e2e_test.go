@@ -6,9 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,13 +36,7 @@ import (
 // beside the busy client with the priorities and about 2.1 s without them,
 // against about 0.5 s alone, and the test failed in CI under load.
 func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
-	port := freePort(t)
-	proxied := delayProxy(t, fmt.Sprintf("127.0.0.1:%d", port), 2*time.Millisecond)
-	_, proxyPort, _ := net.SplitHostPort(proxied)
-	node := kubotest.Start(t, kubotest.Options{Config: map[string]any{
-		"Addresses.Swarm":    []string{fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)},
-		"Addresses.Announce": []string{"/ip4/127.0.0.1/tcp/" + proxyPort},
-	}})
+	node, proxyPort := startDelayedNode(t, 2*time.Millisecond)
 	client := kubotest.Start(t, kubotest.Options{})
 	ctx := testCtx(t, 3*time.Minute)
 
@@ -73,9 +65,7 @@ func TestHeliaStaysFastBesideBusyKuboClient(t *testing.T) {
 	}
 	const inflight = 1 // the node serves one want at a time for Kitsune: all contention is in Kitsune's queue
 	k := startKitsune(t, []*kubotest.Node{node}, func(c *runCmd) { c.MaxInflightPerNode = inflight })
-	if got := k.nodeStatus(t, node).Addrs; len(got) != 1 || !strings.HasSuffix(got[0].String(), "/tcp/"+proxyPort) {
-		t.Fatalf("kitsune reaches the node through %v, not the delaying proxy", got)
-	}
+	k.requireDialsThrough(t, node, proxyPort)
 	if err := client.Connect(ctx, k.info(t, "tcp")); err != nil {
 		t.Fatal(err)
 	}

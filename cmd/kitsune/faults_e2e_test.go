@@ -18,11 +18,9 @@ import (
 	"github.com/ipfs/boxo/datastore/dshelp"
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/kitsune-lb/kitsune/downstream"
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
-	"github.com/kitsune-lb/kitsune/proxy"
 )
 
 // Fault tests with real Kubo nodes on loopback: nodes restarted, replaced,
@@ -263,14 +261,7 @@ func TestKitsuneRestartedMidTransfer(t *testing.T) {
 	file := randomBytes(t, 48<<20)
 	c := addEverywhere(t, ctx, file, a, b)
 	key := filepath.Join(t.TempDir(), "kitsune.key")
-	priv, _, err := proxy.LoadOrCreateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := keyFileID(t, key)
 	listen := fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", freePort(t))
 	client := kubotest.Start(t, kubotest.Options{Config: map[string]any{
 		"Peering.Peers": []map[string]any{{"ID": id.String(), "Addrs": []string{listen}}},

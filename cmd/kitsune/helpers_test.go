@@ -16,9 +16,25 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
-
 	"github.com/kitsune-lb/kitsune/internal/testkit"
+	"github.com/kitsune-lb/kitsune/proxy"
 )
+
+// keyFileID loads the key file at path, creating it if missing, as the
+// binary does, and returns its peer ID: a test that starts Kitsune on that
+// file knows the ID before Kitsune runs.
+func keyFileID(t *testing.T, path string) peer.ID {
+	t.Helper()
+	priv, _, err := proxy.LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
 
 // startKitsune runs Kitsune in-process in front of nodes, listening on
 // loopback only, and waits until every node has joined.

@@ -21,7 +21,6 @@ import (
 
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
 	"github.com/kitsune-lb/kitsune/internal/netns"
-	"github.com/kitsune-lb/kitsune/proxy"
 )
 
 // nsKitsune is the Kitsune binary running inside a namespace.
@@ -68,14 +67,7 @@ func startKitsuneInWith(t *testing.T, bin string, ns *netns.NS, fleet []*kubotes
 	}
 	// Made here rather than by the binary so the test knows the peer ID
 	// without parsing output; the binary loads the same file.
-	priv, _, err := proxy.LoadOrCreateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := keyFileID(t, key)
 	args := []string{"-k", key, "--admin", admin, "--log-level", "debug"}
 	for _, n := range fleet {
 		args = append(args, "-d", n.APIURL)

@@ -7,22 +7,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/libp2p/go-libp2p/core/peer"
-
-	"github.com/kitsune-lb/kitsune/proxy"
 )
 
 func TestPeeringCommand(t *testing.T) {
 	key := filepath.Join(t.TempDir(), "kitsune.key")
-	priv, _, err := proxy.LoadOrCreateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := peer.IDFromPrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := keyFileID(t, key)
 	for _, tc := range []struct {
 		name  string
 		cmd   peeringCmd

@@ -332,6 +332,30 @@ func delayProxy(t *testing.T, target string, d time.Duration) string {
 	return ln.Addr().String()
 }
 
+// startDelayedNode starts a Kubo node that announces only a delayProxy
+// in front of its swarm port, holding each chunk for d: Kitsune, which
+// dials the announced address, sees a slow node. It returns the proxy's
+// port for requireDialsThrough.
+func startDelayedNode(t *testing.T, d time.Duration) (*kubotest.Node, string) {
+	t.Helper()
+	port := freePort(t)
+	_, proxyPort, _ := net.SplitHostPort(delayProxy(t, fmt.Sprintf("127.0.0.1:%d", port), d))
+	n := kubotest.Start(t, kubotest.Options{Config: map[string]any{
+		"Addresses.Swarm":    []string{fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)},
+		"Addresses.Announce": []string{"/ip4/127.0.0.1/tcp/" + proxyPort},
+	}})
+	return n, proxyPort
+}
+
+// requireDialsThrough fails the test unless k reaches n through the
+// delaying proxy on proxyPort alone.
+func (k *kitsune) requireDialsThrough(t *testing.T, n *kubotest.Node, proxyPort string) {
+	t.Helper()
+	if got := k.nodeStatus(t, n).Addrs; len(got) != 1 || !strings.HasSuffix(got[0].String(), "/tcp/"+proxyPort) {
+		t.Fatalf("kitsune reaches node %s through %v, not the delaying proxy", n.ID, got)
+	}
+}
+
 func freePort(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -344,13 +368,7 @@ func freePort(t *testing.T) int {
 
 // Least-loaded: a node that answers slowly gets measurably fewer wants.
 func TestLeastLoadedAvoidsSlowNode(t *testing.T) {
-	port := freePort(t)
-	proxied := delayProxy(t, fmt.Sprintf("127.0.0.1:%d", port), 25*time.Millisecond)
-	_, proxyPort, _ := net.SplitHostPort(proxied)
-	slow := kubotest.Start(t, kubotest.Options{Config: map[string]any{
-		"Addresses.Swarm":    []string{fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)},
-		"Addresses.Announce": []string{"/ip4/127.0.0.1/tcp/" + proxyPort},
-	}})
+	slow, proxyPort := startDelayedNode(t, 25*time.Millisecond)
 	fast := startNodes(t, 2)
 	nodes := append([]*kubotest.Node{slow}, fast...)
 	ctx := testCtx(t, 3*time.Minute)
@@ -364,9 +382,7 @@ func TestLeastLoadedAvoidsSlowNode(t *testing.T) {
 		root = c
 	}
 	k := startKitsune(t, nodes, func(r *runCmd) { r.Policy = "least-loaded" })
-	if got := k.nodeStatus(t, slow).Addrs; len(got) != 1 || !strings.HasSuffix(got[0].String(), "/tcp/"+proxyPort) {
-		t.Fatalf("kitsune reaches the slow node through %v, not the delaying proxy", got)
-	}
+	k.requireDialsThrough(t, slow, proxyPort)
 	client := kubotest.Start(t, kubotest.Options{})
 	if err := client.Connect(ctx, k.info(t, "tcp")); err != nil {
 		t.Fatal(err)
