@@ -57,7 +57,7 @@ func TestSmoke(t *testing.T) {
 	}
 	// Metrics every path must have produced, and must be > 0.
 	positive := map[int][]string{
-		1: {"seconds", "mib_per_s"},
+		1: {"seconds", "mib_per_s", "cold_seconds"},
 		2: {"p50_ms", "p99_ms", "app_p50_ms"},
 		3: {"aggregate_mib_per_s", "wall_s"},
 		4: {"held", "rss_held_mib", "new_client_ms_idle", "new_client_ms_held"},
@@ -65,7 +65,7 @@ func TestSmoke(t *testing.T) {
 		6: {"aggregate_mib_per_s", "wall_s", "file_blocks"},
 	}
 	// Ratios against direct every other path must have, finite and > 0.
-	ratios := map[int][]string{1: {"throughput"}, 2: {"p50_speed", "p99_speed"}, 3: {"aggregate"}, 4: {"rss_per_conn"}, 5: {"throughput"}, 6: {"aggregate"}}
+	ratios := map[int][]string{1: {"throughput", "cold_throughput"}, 2: {"p50_speed", "p99_speed"}, 3: {"aggregate"}, 4: {"rss_per_conn"}, 5: {"throughput"}, 6: {"aggregate"}}
 	for _, s := range res.Scenarios[:min(3, len(res.Scenarios))] {
 		// The kitsune-tcp path exists to reach the fleet over TCP.
 		want := "kitsune-tcp reached the Kubo node over tcp."
@@ -134,6 +134,10 @@ func TestSmoke(t *testing.T) {
 				}
 				if m := p.Metrics[key]; !(m.Median > 1) {
 					t.Errorf("scenario %d %s: %s = %+v", s.ID, p.Path, key, m)
+				}
+				// Scenario 1's first file, fetched before the timed one.
+				if m := p.Metrics["cold_proxy_cpu_s_per_gib"]; s.ID == 1 && !(m.Min > 0 && m.N == s.Runs) {
+					t.Errorf("scenario 1 %s: cold_proxy_cpu_s_per_gib = %+v, want > 0 in every run", p.Path, m)
 				}
 			}
 		}
