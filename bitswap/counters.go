@@ -81,3 +81,19 @@ type Stats struct {
 	ReplyBytes   int
 	ReplyStreams int
 }
+
+// InFlight is what a graceful stop waits for: upstream wants not yet
+// answered (not those every node refused: they are kept for their TTL,
+// not waited on), the fleet's wants waiting on upstream peers, and
+// replies not yet delivered: each message whose stream has not ended,
+// and one more while blocks wait for a message. A want is answered once
+// its block is queued for the peer, and over a slow link the peer's last
+// 16 MiB (PeerBufferBytes) can take seconds more to reach it: closing
+// then would cut its fetch short.
+func (s Stats) InFlight() int {
+	n := max(0, s.Wants-s.Refused) + s.ReverseWants + s.ReplyStreams
+	if s.ReplyBytes > 0 && s.ReplyStreams == 0 {
+		n++
+	}
+	return n
+}

@@ -206,6 +206,38 @@ func TestSlowLinkClientGetsEveryBlock(t *testing.T) {
 	e.waitIdle()
 }
 
+// Over a slow link a peer's wants are all answered from the fleet long
+// before their blocks reach it: the blocks wait in its outbox and in the
+// messages being written. InFlight, what a graceful stop waits for,
+// counts them, so a drain does not close on them; it counted only wants
+// before, and read 0 here.
+func TestInFlightCountsRepliesOnTheirWay(t *testing.T) {
+	const rate = 256 << 10 // 1 MiB takes about 4 s
+	e := newEnv(t, Config{})
+	var blks []blocks.Block
+	for range 16 {
+		blks = append(blks, makeBlock(t, 64<<10))
+	}
+	e.addServerNode(0, blks...)
+	r := newReceiver(t, e, slowLink(t, e.front, rate), readWithin(10*time.Second))
+	r.want(t, e.front.ID(), blks)
+	var answered Stats
+	eventually(t, 10*time.Second, func() string { return "every want answered: " + e.describe() }, func() bool {
+		answered = e.stats()
+		return answered.Wants == 0 && answered.ReplyBytes > 0
+	})
+	got, _, _ := r.counts()
+	if answered.InFlight() == 0 || got == len(blks) {
+		t.Fatalf("every want answered with %d of %d blocks delivered, %d bytes of replies on their way: InFlight %d (stats %+v)",
+			got, len(blks), answered.ReplyBytes, answered.InFlight(), answered)
+	}
+	r.waitAll(t, e, len(blks), 30*time.Second)
+	e.waitIdle()
+	if s := e.stats(); s.InFlight() != 0 {
+		t.Errorf("every block delivered and settled, InFlight %d (stats %+v)", s.InFlight(), s)
+	}
+}
+
 // A receiver that closes its side before reading (Helia) or after (boxo)
 // gets every block once, and Kitsune counts no message cut off: a normal
 // close is never taken for a failure.

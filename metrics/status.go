@@ -66,8 +66,13 @@ type UpstreamInfo struct {
 // received by Kitsune (wants from upstream, blocks from the fleet), "out"
 // sent by it.
 type RelayInfo struct {
-	Wants          int    `json:"wants"`
-	Queued         int    `json:"queued"`
+	Wants  int `json:"wants"`
+	Queued int `json:"queued"`
+	// Replies answered but not yet delivered: block bytes queued or being
+	// written to upstream peers, and messages whose stream has not ended.
+	// A graceful stop waits for them as for wants.
+	ReplyBytes     int    `json:"reply_bytes"`
+	ReplyStreams   int    `json:"reply_streams"`
 	WantsIn        uint64 `json:"wants_in"`
 	WantsOut       uint64 `json:"wants_out"`
 	BlocksIn       uint64 `json:"blocks_in"`
@@ -293,6 +298,7 @@ func (m *Metrics) Status() Status {
 	s.Upstream.Wanting = st.Peers
 	s.Relay = RelayInfo{
 		Wants: st.Wants, Queued: st.Queued,
+		ReplyBytes: st.ReplyBytes, ReplyStreams: st.ReplyStreams,
 		WantsIn: c.WantsReceived.Load(), WantsOut: c.WantsForwarded.Load(),
 		BlocksIn: c.BlocksIn.Load(), BytesIn: c.BytesIn.Load(),
 		BlocksOut: c.BlocksOut.Load(), BytesOut: c.BytesOut.Load(),

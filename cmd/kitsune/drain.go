@@ -4,15 +4,14 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/kitsune-lb/kitsune/bitswap"
 )
 
 // drainFlags configure the graceful stop a rolling restart relies on: on
 // SIGTERM or SIGINT /readyz fails at once, so a balancer sends no new
-// connections, and the wants already in flight are served before closing.
+// connections, and the wants and replies already in flight are served
+// before closing.
 type drainFlags struct {
-	DrainTimeout time.Duration `name:"drain-timeout" group:"admin" env:"KITSUNE_DRAIN_TIMEOUT" default:"30s" help:"On SIGTERM or SIGINT, how long to keep serving the wants in flight (while /readyz already reports not ready) before closing; Kitsune closes earlier once nothing has been in flight for a second. 0 closes at once. Keep it below the supervisor's stop timeout (systemd TimeoutStopSec, Kubernetes terminationGracePeriodSeconds)."`
+	DrainTimeout time.Duration `name:"drain-timeout" group:"admin" env:"KITSUNE_DRAIN_TIMEOUT" default:"30s" help:"On SIGTERM or SIGINT, how long to keep serving the wants and replies in flight (while /readyz already reports not ready) before closing; Kitsune closes earlier once nothing has been in flight for a second. 0 closes at once. Keep it below the supervisor's stop timeout (systemd TimeoutStopSec, Kubernetes terminationGracePeriodSeconds)."`
 }
 
 func (f *drainFlags) config() (drainPolicy, error) {
@@ -103,15 +102,4 @@ func drain(ctx context.Context, p drainPolicy, now func() time.Time, tick <-chan
 			n = inFlight()
 		}
 	}
-}
-
-// relayInFlight is what a drain waits for: upstream wants not yet
-// answered (wants every node refused are only kept for their TTL, not
-// waited on) and the fleet's wants waiting on upstream peers.
-func relayInFlight(s bitswap.Stats) int {
-	n := s.Wants - s.Refused + s.ReverseWants
-	if n < 0 {
-		return 0
-	}
-	return n
 }

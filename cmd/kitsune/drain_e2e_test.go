@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"os/exec"
@@ -14,8 +15,11 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/kitsune-lb/kitsune/internal/kubotest"
+	"github.com/kitsune-lb/kitsune/internal/testkit"
 )
 
 // A SIGTERM in the middle of a fetch: /readyz fails at once, the fetch in
@@ -33,52 +37,8 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 	}
 
 	const drainTimeout = 60 * time.Second
-	cmd := exec.CommandContext(ctx, bin, "-d", node.APIURL, "-k", filepath.Join(t.TempDir(), "kitsune.key"),
-		"-l", "/ip4/127.0.0.1/tcp/0", "-w", "/ip4/127.0.0.1/tcp/0", "--admin", "127.0.0.1:0",
-		"--drain-timeout", drainTimeout.String())
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{}) // closed once the process is reaped
-	var exitErr error
-	var exitedAt time.Time
-	var kitsuneAddr, adminURL string
-	sc := bufio.NewScanner(stdout)
-	for (kitsuneAddr == "" || adminURL == "") && sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if strings.HasPrefix(line, "/ip4/127.0.0.1/tcp/") && strings.Contains(line, "/p2p/") && !strings.Contains(line, "/ws/") {
-			kitsuneAddr = line
-		}
-		if i := strings.Index(line, "/readyz) on "); i >= 0 {
-			adminURL = strings.TrimSpace(line[i+len("/readyz) on "):])
-		}
-	}
-	go func() {
-		_, _ = bufio.NewReader(stdout).WriteTo(new(bytes.Buffer))
-		exitErr = cmd.Wait()
-		exitedAt = time.Now()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
-	if kitsuneAddr == "" || adminURL == "" {
-		t.Fatalf("startup output gave address %q, admin %q; stderr:\n%s", kitsuneAddr, adminURL, stderr.String())
-	}
-	eventually(t, 30*time.Second, "downstream joined", func() bool { return strings.Contains(stderr.String(), "downstream joined") })
-
-	ai, err := peer.AddrInfoFromString(kitsuneAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := client.Connect(ctx, *ai); err != nil {
+	k := startDrainable(t, ctx, bin, node.APIURL, drainTimeout)
+	if err := client.Connect(ctx, k.ai); err != nil {
 		t.Fatal(err)
 	}
 	type result struct {
@@ -97,65 +57,210 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 	// signal lands (the client's next wants not yet sent), and the drain
 	// then begins with nothing in flight.
 	eventually(t, 60*time.Second, "wants in flight for the leaves", func() bool {
-		var st struct {
-			Relay struct {
-				Wants int `json:"wants"`
-			} `json:"relay"`
-		}
-		resp, err := http.Get(adminURL + "/api/status")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Relay.Wants > 2
+		st, ok := k.relayStatus()
+		return ok && st.Wants > 2
 	})
-	signalled := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	// /readyz fails while the process still serves.
-	eventually(t, 10*time.Second, "/readyz 503 while draining", func() bool {
-		resp, err := http.Get(adminURL + "/readyz")
-		if err != nil {
-			t.Fatalf("admin server gone before /readyz reported the drain: %v", err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusServiceUnavailable
-	})
+	signalled := k.sigterm(t)
 
 	r := <-fetched
-	if r.err != nil {
-		t.Fatalf("fetch during the drain: %v; stderr:\n%s", r.err, stderr.String())
-	}
-	if !bytes.Equal(r.data, file) {
-		t.Fatalf("fetched %d bytes, not the %d added", len(r.data), len(file))
-	}
-	select {
-	case <-exited:
-		if exitErr != nil {
-			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", exitErr, stderr.String())
-		}
-	case <-time.After(drainTimeout):
-		t.Fatalf("still running %v after SIGTERM; stderr:\n%s", drainTimeout, stderr.String())
-	}
-	took := exitedAt.Sub(signalled)
+	took := k.drainedAfter(t, r.data, r.err, r.at, file, signalled, drainTimeout)
 	// The drain served the fetch that straddled the signal and ended because
 	// it was done, not because the timeout passed. How many wants were in
 	// flight at the instant the drain began is not asserted: between two
 	// batches of a DAG walk a client briefly has none outstanding (which is
 	// why the drain waits for a quiet period), and on a fast machine the
 	// signal lands in such a gap in one run of ten (CI at 0a1b757).
-	if regexp.MustCompile(`draining: [^\n]*"in_flight": (\d+)`).FindStringSubmatch(stderr.String()) == nil {
-		t.Fatalf("no draining log line; stderr:\n%s", stderr.String())
+	t.Logf("fetch ended %v after SIGTERM; process exited %v after it (drain timeout %v)", r.at.Sub(signalled), took, drainTimeout)
+}
+
+// A client over a slow link has had every want answered while the last
+// megabytes of its blocks still wait in Kitsune's outbox for it: a
+// SIGTERM then must not close on them. The drain waited only for wants
+// before, so it ended a second later and the client, with nowhere else
+// to get those blocks, never finished its fetch.
+func TestBinaryDrainWaitsForRepliesToASlowClient(t *testing.T) {
+	bin := buildBinary(t)
+	node := kubotest.Start(t, kubotest.Options{})
+	client := kubotest.Start(t, kubotest.Options{})
+	ctx := testCtx(t, 3*time.Minute)
+	file := randomBytes(t, 16<<20)
+	fileCID, err := node.AddBytes(ctx, file)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !exitedAt.After(r.at) {
-		t.Fatalf("the process exited %v before the fetch ended; stderr:\n%s", r.at.Sub(exitedAt), stderr.String())
+	const drainTimeout = 60 * time.Second
+	k := startDrainable(t, ctx, bin, node.APIURL, drainTimeout)
+	// 2 MiB/s: the 16 MiB take about 8 s to reach the client, and all of
+	// them fit in its outbox (PeerBufferBytes, 16 MiB), so the fleet
+	// answers its wants long before that.
+	tcp, err := manet.ToNetAddr(k.ai.Addrs[0])
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(stderr.String(), `"outcome": "idle"`) {
-		t.Fatalf("the drain did not end idle; stderr:\n%s", stderr.String())
+	slow, err := manet.FromNetAddr(testkit.SlowLink(t, tcp.String(), 2<<20))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !r.at.After(signalled) {
+	if err := client.Connect(ctx, peer.AddrInfo{ID: k.ai.ID, Addrs: []ma.Multiaddr{slow}}); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		data []byte
+		err  error
+		at   time.Time
+	}
+	fetched := make(chan result, 1)
+	catCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	go func() {
+		data, err := client.Cat(catCtx, fileCID.String())
+		fetched <- result{data, err, time.Now()}
+	}()
+	var onTheirWay relayStatus
+	eventually(t, 60*time.Second, "every want answered, replies still on their way", func() bool {
+		st, ok := k.relayStatus()
+		onTheirWay = st
+		return ok && st.Wants == 0 && st.ReplyBytes >= 2<<20
+	})
+	signalled := k.sigterm(t)
+	r := <-fetched
+	took := k.drainedAfter(t, r.data, r.err, r.at, file, signalled, drainTimeout)
+	t.Logf("SIGTERM with no want in flight and %d bytes of replies on their way; fetch ended %v after it, process exited %v later",
+		onTheirWay.ReplyBytes, r.at.Sub(signalled), took)
+}
+
+// drainable is a Kitsune process started to be drained.
+type drainable struct {
+	cmd      *exec.Cmd
+	stderr   *syncBuffer
+	ai       peer.AddrInfo // its TCP address
+	adminURL string
+	exited   chan struct{} // closed once the process is reaped
+	exitErr  error
+	exitedAt time.Time
+}
+
+// startDrainable starts bin in front of the node at api with an admin
+// server and the given drain timeout, and waits until it has joined the
+// node. The process is killed at the test's end.
+func startDrainable(t *testing.T, ctx context.Context, bin, api string, drainTimeout time.Duration) *drainable {
+	t.Helper()
+	k := &drainable{stderr: &syncBuffer{}, exited: make(chan struct{})}
+	k.cmd = exec.CommandContext(ctx, bin, "-d", api, "-k", filepath.Join(t.TempDir(), "kitsune.key"),
+		"-l", "/ip4/127.0.0.1/tcp/0", "-w", "/ip4/127.0.0.1/tcp/0", "--admin", "127.0.0.1:0",
+		"--drain-timeout", drainTimeout.String())
+	stdout, err := k.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.cmd.Stderr = k.stderr
+	if err := k.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var addr string
+	sc := bufio.NewScanner(stdout)
+	for (addr == "" || k.adminURL == "") && sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(line, "/ip4/127.0.0.1/tcp/") && strings.Contains(line, "/p2p/") && !strings.Contains(line, "/ws/") {
+			addr = line
+		}
+		if i := strings.Index(line, "/readyz) on "); i >= 0 {
+			k.adminURL = strings.TrimSpace(line[i+len("/readyz) on "):])
+		}
+	}
+	go func() {
+		_, _ = bufio.NewReader(stdout).WriteTo(new(bytes.Buffer))
+		k.exitErr = k.cmd.Wait()
+		k.exitedAt = time.Now()
+		close(k.exited)
+	}()
+	t.Cleanup(func() {
+		_ = k.cmd.Process.Kill()
+		<-k.exited
+	})
+	if addr == "" || k.adminURL == "" {
+		t.Fatalf("startup output gave address %q, admin %q; stderr:\n%s", addr, k.adminURL, k.stderr.String())
+	}
+	ai, err := peer.AddrInfoFromString(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.ai = *ai
+	eventually(t, 30*time.Second, "downstream joined", func() bool { return strings.Contains(k.stderr.String(), "downstream joined") })
+	return k
+}
+
+// relayStatus is the part of /api/status's relay section the drain
+// tests read.
+type relayStatus struct {
+	Wants      int `json:"wants"`
+	ReplyBytes int `json:"reply_bytes"`
+}
+
+func (k *drainable) relayStatus() (relayStatus, bool) {
+	var st struct {
+		Relay relayStatus `json:"relay"`
+	}
+	resp, err := http.Get(k.adminURL + "/api/status")
+	if err != nil {
+		return relayStatus{}, false
+	}
+	defer resp.Body.Close()
+	return st.Relay, json.NewDecoder(resp.Body).Decode(&st) == nil
+}
+
+// sigterm signals the process and waits for /readyz to fail while it
+// still serves; it returns when the signal was sent.
+func (k *drainable) sigterm(t *testing.T) time.Time {
+	t.Helper()
+	signalled := time.Now()
+	if err := k.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "/readyz 503 while draining", func() bool {
+		resp, err := http.Get(k.adminURL + "/readyz")
+		if err != nil {
+			t.Fatalf("admin server gone before /readyz reported the drain: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	})
+	return signalled
+}
+
+// drainedAfter checks what a drain promises for a fetch that straddled
+// SIGTERM: it ended after the signal with the bytes added, the process
+// exited 0 after it and before drainTimeout, and the drain ended because
+// nothing was left in flight, not because the timeout passed. It returns
+// how long after the fetch the process exited.
+func (k *drainable) drainedAfter(t *testing.T, data []byte, fetchErr error, fetchedAt time.Time, file []byte, signalled time.Time, drainTimeout time.Duration) time.Duration {
+	t.Helper()
+	if fetchErr != nil {
+		t.Fatalf("fetch during the drain: %v; stderr:\n%s", fetchErr, k.stderr.String())
+	}
+	if !bytes.Equal(data, file) {
+		t.Fatalf("fetched %d bytes, not the %d added", len(data), len(file))
+	}
+	select {
+	case <-k.exited:
+		if k.exitErr != nil {
+			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", k.exitErr, k.stderr.String())
+		}
+	case <-time.After(drainTimeout):
+		t.Fatalf("still running %v after SIGTERM; stderr:\n%s", drainTimeout, k.stderr.String())
+	}
+	stderr := k.stderr.String()
+	if regexp.MustCompile(`draining: [^\n]*"in_flight": (\d+)`).FindStringSubmatch(stderr) == nil {
+		t.Fatalf("no draining log line; stderr:\n%s", stderr)
+	}
+	if !k.exitedAt.After(fetchedAt) {
+		t.Fatalf("the process exited %v before the fetch ended; stderr:\n%s", fetchedAt.Sub(k.exitedAt), stderr)
+	}
+	if !strings.Contains(stderr, `"outcome": "idle"`) {
+		t.Fatalf("the drain did not end idle; stderr:\n%s", stderr)
+	}
+	if !fetchedAt.After(signalled) {
 		t.Fatal("the fetch ended before SIGTERM: nothing was drained")
 	}
-	t.Logf("fetch ended %v after SIGTERM; process exited %v after it (drain timeout %v)", r.at.Sub(signalled), took, drainTimeout)
+	return k.exitedAt.Sub(fetchedAt)
 }

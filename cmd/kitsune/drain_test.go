@@ -4,8 +4,6 @@ import (
 	"context"
 	"testing"
 	"time"
-
-	"github.com/kitsune-lb/kitsune/bitswap"
 )
 
 func TestDrainer(t *testing.T) {
@@ -89,22 +87,6 @@ func TestDrainLoop(t *testing.T) {
 			t.Fatalf("outcome %v after %d polls", o, polls)
 		}
 	})
-}
-
-func TestRelayInFlight(t *testing.T) {
-	for _, tc := range []struct {
-		s    bitswap.Stats
-		want int
-	}{
-		{bitswap.Stats{}, 0},
-		{bitswap.Stats{Wants: 5, Refused: 2}, 3},
-		{bitswap.Stats{Wants: 2, Refused: 2, ReverseWants: 4}, 4},
-		{bitswap.Stats{Wants: 1, Refused: 3}, 0},
-	} {
-		if got := relayInFlight(tc.s); got != tc.want {
-			t.Errorf("relayInFlight(%+v) = %d, want %d", tc.s, got, tc.want)
-		}
-	}
 }
 
 func TestDrainFlag(t *testing.T) {

@@ -453,14 +453,15 @@ func run(ctx context.Context, cfg config, out io.Writer, log *zap.Logger) error 
 	return nil
 }
 
-// drain fails /readyz, then serves the wants in flight until p says stop.
+// drain fails /readyz, then serves the wants and replies in flight until p
+// says stop.
 func (k *kitsune) drain(ctx context.Context, p drainPolicy, log *zap.Logger) {
 	k.admin.closing() // the balancer stops sending new connections
-	inFlight := func() int { return relayInFlight(k.relay.Stats()) }
+	inFlight := func() int { return k.relay.Stats().InFlight() }
 	if p.Timeout <= 0 {
 		return
 	}
-	log.Info("draining: /readyz reports not ready; serving the wants in flight",
+	log.Info("draining: /readyz reports not ready; serving the wants and replies in flight",
 		zap.Int("in_flight", inFlight()), zap.Duration("drain_timeout", p.Timeout))
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
