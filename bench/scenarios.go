@@ -137,7 +137,7 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 		ID: 1, Name: "throughput", Runs: cfg.Runs12,
 		Title: fmt.Sprintf("Throughput: one client fetches a %s file", sizeText(cfg.FileSize)),
 		Setup: "UnixFS file (CIDv0, 256 KiB chunks) on one Kubo node; the client wants each level of the DAG at once through a boxo blockservice session. " +
-			"Each run starts the path's proxy, fetches another file of the same size through it with a client of its own (the cold_* figures: a fresh process's first file), then times this one with a new client. " +
+			fmt.Sprintf("Each run starts the path's proxy, fetches a file through it with a client of its own (the cold_* figures: a fresh process's first file), then times %d more files of the same size, each with a new client: a run's figures are per file over those %d. ", s1TimedFiles, s1TimedFiles) +
 			"Time from the first want to the last block; kubo-front includes its `refs -r` warm-up.",
 		keyMetrics: []string{"seconds", "mib_per_s", "cold_seconds", "warm_s"},
 		vs: []vsSpec{
@@ -180,21 +180,21 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 		return []Target{t1, t4, t2, t3}
 	}
 
-	data := randomBytes(cfg.FileSize)
-	want := sha256.Sum256(data)
+	// The timed files, and one more fetched first in every run (coldFetch).
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	var coldRoot cid.Cid
-	root, err := e.a.AddBytes(ctx, data)
-	if err == nil {
-		// A second, distinct file, fetched first in every run: see coldFetch.
-		data = randomBytes(cfg.FileSize)
-		coldRoot, err = e.a.AddBytes(ctx, data)
+	files := make([]s1File, s1TimedFiles+1)
+	for i := range files {
+		data := randomBytes(cfg.FileSize)
+		files[i].sum = sha256.Sum256(data)
+		root, err := e.a.AddBytes(ctx, data)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		files[i].root = root
 	}
 	cancel()
-	if err != nil {
-		return nil, err
-	}
-	data = nil
+	cold, timed := files[0], files[1:]
 	nodes := []*kubotest.Node{e.a}
 	// The node's and the client's CPU too: the three share two cores, so
 	// what the proxy spends comes out of theirs (docs/performance.md).
@@ -205,64 +205,131 @@ func (e *env) scenario1() (*ScenarioResult, error) {
 	paths := []string{pathDirect, pathKitsune, pathKitsuneTCP, pathKuboFront, pathFloor}
 	for r := range cfg.Runs12 {
 		for _, p := range rotate(paths, r) {
-			e.record(sr, p, r, 90*time.Second, func(ctx context.Context) (map[string]float64, error) {
+			e.record(sr, p, r, 3*time.Minute, func(ctx context.Context) (map[string]float64, error) {
 				srv, target, err := e.dialTarget(ctx, p, nodes)
 				defer stopServer(srv)
 				if err != nil {
 					return nil, err
 				}
 				m := map[string]float64{}
-				if err := e.coldFetch(ctx, m, p, srv, target(0), coldRoot); err != nil {
+				if err := e.coldFetch(ctx, m, p, srv, target(0), cold.root); err != nil {
 					return nil, fmt.Errorf("the first fetch: %w", err)
 				}
-				c, err := newClient(ctx)
-				if err != nil {
-					return nil, err
-				}
-				defer c.close()
-				if err := c.connect(ctx, target(0)); err != nil {
-					return nil, err
-				}
-				settle()
-				before, ok := e.proxyUsage(p, srv)
-				others0, errOthers := sideUsage(nodePIDs)
-				t0 := time.Now()
-				if p == pathKuboFront {
-					if err := warm(ctx, e.front, root); err != nil {
-						return nil, err
+				// Each timed file with a client of its own; the run's
+				// figures are per file over all of them, so one fetch's
+				// hiccup weighs a third.
+				var sum s1Sample
+				for i, f := range timed {
+					x, err := e.timedFetch(ctx, p, srv, target(0), f, nodePIDs)
+					if err != nil {
+						return nil, fmt.Errorf("timed file %d of %d: %w", i+1, len(timed), err)
 					}
-					m["warm_s"] = time.Since(t0).Seconds()
+					sum.add(x)
 				}
-				_, size, err := c.fetchDAG(ctx, root)
-				el := time.Since(t0)
-				if err != nil {
-					return nil, withRelaySummary(ctx, err, srv)
+				k := float64(len(timed))
+				m["seconds"] = sum.seconds / k
+				m["mib_per_s"] = float64(cfg.FileSize) / mib / m["seconds"]
+				m["dag_mib"] = float64(sum.dagBytes) / k / mib
+				if p == pathKuboFront {
+					m["warm_s"] = sum.warm / k
 				}
-				after, ok2 := e.proxyUsage(p, srv)
-				usageMetrics(m, p, before, after, ok && ok2, srv != nil)
-				if cpu, ok := m["proxy_cpu_s"]; ok {
-					m["proxy_cpu_s_per_gib"] = cpu / (float64(cfg.FileSize) / gib)
+				if sum.proxyOK == len(timed) {
+					m["proxy_cpu_s"] = sum.proxyCPU / k
+					m["proxy_cpu_s_per_gib"] = m["proxy_cpu_s"] / (float64(cfg.FileSize) / gib)
 				}
-				if others1, err := sideUsage(nodePIDs); err == nil && errOthers == nil {
-					m["node_cpu_s"] = others1.node - others0.node
-					m["client_cpu_s"] = others1.client - others0.client
+				if sum.sideOK == len(timed) {
+					m["node_cpu_s"] = sum.nodeCPU / k
+					m["client_cpu_s"] = sum.clientCPU / k
+				}
+				if srv != nil {
+					if u, err := srv.usage(); err == nil {
+						m["proxy_peak_rss_mib"] = float64(u.PeakRSS) / mib
+					}
 				}
 				e.noteTransport(ctx, sr, p, srv)
-				sum, n, err := c.fileHash(ctx, root)
-				if err != nil {
-					return nil, fmt.Errorf("reading the fetched file: %w", err)
-				}
-				if sum != want || n != int64(cfg.FileSize) {
-					return nil, fmt.Errorf("fetched file differs (%d bytes, want %d)", n, cfg.FileSize)
-				}
-				m["seconds"] = el.Seconds()
-				m["mib_per_s"] = float64(cfg.FileSize) / mib / el.Seconds()
-				m["dag_mib"] = float64(size) / mib
 				return m, nil
 			})
 		}
 	}
 	return sr, nil
+}
+
+// s1TimedFiles is how many files each run of scenario 1 times, after its
+// first (coldFetch).
+const s1TimedFiles = 3
+
+// s1File is one of scenario 1's files: its root and its bytes' hash.
+type s1File struct {
+	root cid.Cid
+	sum  [32]byte
+}
+
+// s1Sample is one timed fetch of scenario 1, or the sum of several:
+// seconds, the proxy's, the nodes' and the clients' CPU seconds (each
+// counted in proxyOK and sideOK when it could be read), kubo-front's
+// warm-up and the DAG's bytes.
+type s1Sample struct {
+	seconds, warm                float64
+	proxyCPU, nodeCPU, clientCPU float64
+	proxyOK, sideOK              int
+	dagBytes                     int64
+}
+
+func (s *s1Sample) add(x s1Sample) {
+	s.seconds += x.seconds
+	s.warm += x.warm
+	s.proxyCPU += x.proxyCPU
+	s.nodeCPU += x.nodeCPU
+	s.clientCPU += x.clientCPU
+	s.proxyOK += x.proxyOK
+	s.sideOK += x.sideOK
+	s.dagBytes += x.dagBytes
+}
+
+// timedFetch fetches f with a new client connected to target, times it
+// from the first want to the last block (kubo-front's `refs -r` warm-up
+// included), reads the CPU the proxy, the nodes and the clients spent
+// meanwhile, and checks the bytes.
+func (e *env) timedFetch(ctx context.Context, p string, srv *server, target peer.AddrInfo, f s1File, nodePIDs []int) (s1Sample, error) {
+	var x s1Sample
+	c, err := newClient(ctx)
+	if err != nil {
+		return x, err
+	}
+	defer c.close()
+	if err := c.connect(ctx, target); err != nil {
+		return x, err
+	}
+	settle()
+	before, ok := e.proxyUsage(p, srv)
+	others0, errOthers := sideUsage(nodePIDs)
+	t0 := time.Now()
+	if p == pathKuboFront {
+		if err := warm(ctx, e.front, f.root); err != nil {
+			return x, err
+		}
+		x.warm = time.Since(t0).Seconds()
+	}
+	_, size, err := c.fetchDAG(ctx, f.root)
+	x.seconds = time.Since(t0).Seconds()
+	if err != nil {
+		return x, withRelaySummary(ctx, err, srv)
+	}
+	if after, ok2 := e.proxyUsage(p, srv); ok && ok2 {
+		x.proxyCPU, x.proxyOK = after.CPUSeconds-before.CPUSeconds, 1
+	}
+	if others1, err := sideUsage(nodePIDs); err == nil && errOthers == nil {
+		x.nodeCPU, x.clientCPU, x.sideOK = others1.node-others0.node, others1.client-others0.client, 1
+	}
+	x.dagBytes = size
+	sum, n, err := c.fileHash(ctx, f.root)
+	if err != nil {
+		return x, fmt.Errorf("reading the fetched file: %w", err)
+	}
+	if sum != f.sum || n != int64(e.cfg.FileSize) {
+		return x, fmt.Errorf("fetched file differs (%d bytes, want %d)", n, e.cfg.FileSize)
+	}
+	return x, nil
 }
 
 // coldFetch fetches root, a file of the scenario's size that the run does
