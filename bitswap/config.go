@@ -44,6 +44,12 @@ type Config struct {
 	// later (their wants are deferred and sent again once it caught up),
 	// so memory stays bounded whatever the peer does.
 	PeerBufferBytes int
+	// ReplyMemoryBytes caps what the blocks queued for all upstream peers
+	// keep alive together, each block counted once: past it each peer's
+	// budget is its equal share of this (at most PeerBufferBytes), so
+	// peers that read nothing cannot make the relay run out of memory
+	// for everyone (replymem.go).
+	ReplyMemoryBytes int
 	// ExhaustedTTL is how long a want every node refused is kept for its
 	// wanters (a block added to the fleet meanwhile still reaches them);
 	// then it is dropped, as if cancelled.
@@ -79,10 +85,14 @@ const (
 	DefaultMissFetchRate      = 64.0
 	DefaultMissFetchBurst     = 128
 	DefaultPeerBufferBytes    = 16 << 20
-	DefaultExhaustedTTL       = 2 * time.Minute
-	DefaultRecentBlockBytes   = 32 << 20
-	DefaultRecentBlockTTL     = 10 * time.Second
-	DefaultRewantInterval     = 15 * time.Second
+	// 1 GiB: 64 peers at their full 16 MiB, with distinct blocks, before
+	// the shares begin; a flash crowd of a thousand on the same blocks
+	// counts them once.
+	DefaultReplyMemoryBytes = 1 << 30
+	DefaultExhaustedTTL     = 2 * time.Minute
+	DefaultRecentBlockBytes = 32 << 20
+	DefaultRecentBlockTTL   = 10 * time.Second
+	DefaultRewantInterval   = 15 * time.Second
 	// 8 MiB is 32 of Kubo's 256 KiB blocks: buffers come back as the
 	// replies carrying them are written (or leave the recent blocks), and
 	// are taken again by the next messages.
@@ -100,6 +110,7 @@ func (c *Config) fill() {
 		c.MissFetchRate = DefaultMissFetchRate
 	}
 	orDefault(&c.PeerBufferBytes, DefaultPeerBufferBytes)
+	orDefault(&c.ReplyMemoryBytes, DefaultReplyMemoryBytes)
 	orDefault(&c.CheckInterval, 100*time.Millisecond)
 	orDefault(&c.ExhaustedTTL, DefaultExhaustedTTL)
 	orDefault(&c.RecentBlockTTL, DefaultRecentBlockTTL)

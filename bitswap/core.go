@@ -37,8 +37,12 @@ type effects interface {
 	// are at their budget: its blocks are then deferred.
 	backlogged(to peer.ID) bool
 	// queued is the memory a peer's replies waiting to be written keep
-	// (heldBytes), against its budget of PeerBufferBytes.
+	// (heldBytes), against its budget.
 	queued(to peer.ID) int
+	// replyBudget is that budget now: perPeer (PeerBufferBytes), or less while
+	// the replies of all peers together are at ReplyMemoryBytes
+	// (replymem.go).
+	replyBudget(to peer.ID, perPeer int) int
 	// protect keeps a peer's connection from trimming, or stops.
 	protect(p peer.ID, on bool)
 	// fetch starts miss fetch id (node fetches c from its own peers),
@@ -357,7 +361,7 @@ func (k *core) wantsOutCap(p peer.ID, u *upstream) int {
 		est = max(est, defaultBlockEst)
 	}
 	queued := k.fx.queued(p)
-	n := (k.cfg.PeerBufferBytes - queued) / est
+	n := (k.fx.replyBudget(p, k.cfg.PeerBufferBytes) - queued) / est
 	if n < 1 && queued == 0 {
 		n = 1
 	}

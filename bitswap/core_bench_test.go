@@ -22,6 +22,7 @@ func (nopFx) block(peer.ID, blocks.Block)                                {}
 func (nopFx) presence(peer.ID, cid.Cid, pb.Message_BlockPresenceType)    {}
 func (nopFx) backlogged(peer.ID) bool                                    { return false }
 func (nopFx) queued(peer.ID) int                                         { return 0 }
+func (nopFx) replyBudget(_ peer.ID, perPeer int) int                     { return perPeer }
 func (nopFx) protect(peer.ID, bool)                                      {}
 func (nopFx) fetch(uint64, peer.ID, cid.Cid)                             {}
 func (nopFx) stopFetch(uint64)                                           {}

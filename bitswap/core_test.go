@@ -86,8 +86,9 @@ func (f *recFx) presence(to peer.ID, c cid.Cid, t pb.Message_BlockPresenceType) 
 	f.presences[to] = append(f.presences[to], bsmsg.BlockPresence{Cid: c, Type: t})
 }
 
-func (f *recFx) backlogged(peer.ID) bool { return false }
-func (f *recFx) queued(peer.ID) int      { return 0 }
+func (f *recFx) backlogged(peer.ID) bool                { return false }
+func (f *recFx) queued(peer.ID) int                     { return 0 }
+func (f *recFx) replyBudget(_ peer.ID, perPeer int) int { return perPeer }
 
 func (f *recFx) protect(p peer.ID, on bool) {
 	if on == f.protected[p] {

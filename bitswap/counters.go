@@ -80,6 +80,11 @@ type Stats struct {
 	ReplyPeers   int
 	ReplyBytes   int
 	ReplyStreams int
+	// What those blocks keep alive, each block once however many peers
+	// it is queued for (ReplyBytes counts it for each), and the peers
+	// holding any: against ReplyMemoryBytes (replymem.go).
+	ReplyMemory  int
+	ReplyHolders int
 }
 
 // InFlight is what a graceful stop waits for: upstream wants not yet

@@ -61,6 +61,13 @@ func (f shellFx) queued(to peer.ID) int {
 	return 0
 }
 
+func (f shellFx) replyBudget(to peer.ID, perPeer int) int {
+	if f.r.locals[to] != nil {
+		return perPeer // a local fetch's blocks are its own (fetch.go)
+	}
+	return f.r.replyMem.budget(perPeer)
+}
+
 func (f shellFx) protect(p peer.ID, on bool) {
 	if f.r.locals[p] != nil {
 		return // no connection to keep

@@ -28,8 +28,9 @@ func (f *budgetFx) block(to peer.ID, b blocks.Block) {
 	f.bytes[to] += heldBytes(b)
 }
 
-func (f *budgetFx) backlogged(to peer.ID) bool { return f.bytes[to] >= f.budget }
-func (f *budgetFx) queued(to peer.ID) int      { return f.bytes[to] }
+func (f *budgetFx) backlogged(to peer.ID) bool             { return f.bytes[to] >= f.budget }
+func (f *budgetFx) queued(to peer.ID) int                  { return f.bytes[to] }
+func (f *budgetFx) replyBudget(_ peer.ID, perPeer int) int { return perPeer }
 
 // drain writes n of to's queued blocks and reports whether the outbox
 // went under half its budget (when replyOutbox calls drained).

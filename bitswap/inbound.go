@@ -19,6 +19,7 @@ import (
 	"errors"
 	"io"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	bsmsg "github.com/ipfs/boxo/bitswap/message"
@@ -508,6 +509,9 @@ type frameBlock struct {
 	*blocks.BasicBlock
 	buf   *frameBuf
 	holds int // the buffer's size
+	// outboxes is how many reply outboxes hold the block (replyMemory
+	// counts its bytes once).
+	outboxes atomic.Int32
 }
 
 // heldBytes is the memory a block keeps alive: its frame buffer's size

@@ -41,6 +41,9 @@ type replyOutbox struct {
 	// back under half its budget, so deferred wants can be fetched again.
 	budget  int
 	drained func()
+	// mem counts the blocks of every peer's outbox together and may make
+	// budget smaller (replymem.go); nil: budget alone.
+	mem *replyMemory
 	// probe is how long a message holds our close to learn what the
 	// receiver's close means (replyProbe; shorter in tests).
 	probe time.Duration
@@ -48,9 +51,10 @@ type replyOutbox struct {
 	mu       sync.Mutex
 	blocks   []blocks.Block
 	presence map[cid.Cid]pb.Message_BlockPresenceType
-	pending  int // memory the blocks queued or in flight keep (heldBytes)
-	inFlight int // block bytes in messages whose stream has not ended
-	flights  int // such messages
+	pending  int  // memory the blocks queued or in flight keep (heldBytes)
+	active   bool // pending > 0, as told to mem
+	inFlight int  // block bytes in messages whose stream has not ended
+	flights  int  // such messages
 	// probeBytes is the size of the message holding its close to learn
 	// the receiver's kind (replyPace.probe), while it does.
 	probeBytes int
@@ -89,11 +93,21 @@ func newReplyOutbox(ctx context.Context, to peer.ID, link replySender, log *zap.
 func (o *replyOutbox) full() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.budget > 0 && o.pending >= o.budget {
+	if b := o.mem.budget(o.budget); b > 0 && o.pending >= b {
 		o.wasFull = true
 		return true
 	}
 	return false
+}
+
+// heldLocked adds delta to pending and tells mem when the outbox starts
+// or stops holding blocks.
+func (o *replyOutbox) heldLocked(delta int) {
+	o.pending += delta
+	if on := o.pending > 0; on != o.active {
+		o.active = on
+		o.mem.setActive(on)
+	}
 }
 
 // queued is the memory the blocks queued or in flight keep alive.
@@ -113,8 +127,9 @@ func (o *replyOutbox) addBlock(b blocks.Block) {
 	// Held until the reply carrying it is written (settle), or the
 	// outbox closes.
 	retainBlock(b)
+	o.mem.hold(b)
 	o.blocks = append(o.blocks, b)
-	o.pending += heldBytes(b)
+	o.heldLocked(heldBytes(b))
 	o.kickLocked()
 }
 
@@ -134,11 +149,15 @@ func (o *replyOutbox) close() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.closed = true
+	held := 0
 	for _, b := range o.blocks {
+		held += heldBytes(b)
+		o.mem.drop(b)
 		releaseBlock(b)
 	}
 	o.blocks = nil
-	o.pending = 0
+	// Those in flight are let go as their streams end (settle).
+	o.heldLocked(-held)
 	clear(o.presence)
 	o.cancel()
 }
@@ -296,9 +315,13 @@ func (o *replyOutbox) settle(ev replyEvents, sending []blocks.Block, presence ma
 	o.flights--
 	if o.closed {
 		// close dropped those queued; these were in flight.
+		held := 0
 		for _, b := range sending {
+			held += heldBytes(b)
+			o.mem.drop(b)
 			releaseBlock(b)
 		}
+		o.heldLocked(-held)
 		o.mu.Unlock()
 		return
 	}
@@ -319,11 +342,12 @@ func (o *replyOutbox) settle(ev replyEvents, sending []blocks.Block, presence ma
 		// bytes only until then, replySender), so nothing reads them here
 		// any more.
 		for _, b := range sending {
-			o.pending -= heldBytes(b)
+			o.heldLocked(-heldBytes(b))
+			o.mem.drop(b)
 			releaseBlock(b)
 		}
 	}
-	resume := o.wasFull && o.pending <= o.budget/2
+	resume := o.wasFull && o.pending <= o.mem.budget(o.budget)/2
 	if resume {
 		o.wasFull = false
 	}

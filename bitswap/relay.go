@@ -93,6 +93,9 @@ type Relay struct {
 	counters Counters
 	// frames are the node message buffers for reuse (framepool.go).
 	frames *framePool
+	// replyMem counts what every peer's replies keep alive together
+	// (replymem.go).
+	replyMem *replyMemory
 	// gone hears the front host's disconnects (see Start).
 	gone *network.NotifyBundle
 }
@@ -114,6 +117,7 @@ func New(cfg Config, front, back bsnet.BitSwapNetwork, down Downstream, log *zap
 		replyWindow: replyWindow, replyAckWait: replyAckWait,
 	}
 	r.frames = newFramePool(cfg.NodeBufferPoolBytes, &r.counters)
+	r.replyMem = newReplyMemory(cfg.ReplyMemoryBytes)
 	r.core = newCore(cfg, shellFx{r}, down, &r.counters)
 	r.rev = newReverseSet(hostPeers{front.Host().Network()}, shellFx{r}, &r.counters)
 	return r
@@ -185,6 +189,7 @@ func (r *Relay) Stats() Stats {
 		s.ReplyBytes += l.bytes
 		s.ReplyStreams += l.flights
 	}
+	s.ReplyMemory, s.ReplyHolders = r.replyMem.held()
 	r.core.stats(&s)
 	return s
 }
@@ -267,6 +272,7 @@ func (r *Relay) outLocked(p peer.ID) *peerOut {
 		link := &streamReplies{host: r.front.Host(), ackWait: r.replyAckWait}
 		o = &peerOut{reply: newReplyOutbox(r.ctx, p, link, r.log, r.cfg.PeerBufferBytes, r.replyWindow, replyHooks{
 			sent: r.countSent, cut: r.countCut, drained: func() { r.resumeDeferred(p) }})}
+		o.reply.mem = r.replyMem
 		r.outs[p] = o
 	}
 	return o

@@ -153,9 +153,10 @@ func (w *lossyWorld) answered(p peer.ID, c cid.Cid) {
 	delete(w.lastAsk[p], c)
 }
 
-func (w *lossyWorld) backlogged(p peer.ID) bool { return !w.drainAt[p].IsZero() }
-func (w *lossyWorld) queued(peer.ID) int        { return 0 }
-func (w *lossyWorld) protect(peer.ID, bool)     {}
+func (w *lossyWorld) backlogged(p peer.ID) bool              { return !w.drainAt[p].IsZero() }
+func (w *lossyWorld) queued(peer.ID) int                     { return 0 }
+func (w *lossyWorld) replyBudget(_ peer.ID, perPeer int) int { return perPeer }
+func (w *lossyWorld) protect(peer.ID, bool)                  {}
 func (w *lossyWorld) fetch(uint64, peer.ID, cid.Cid) {
 	w.t.Fatal("miss fetch with FetchMisses off")
 }

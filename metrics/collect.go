@@ -24,6 +24,7 @@ var (
 	descWants        = desc("kitsune_relay_wants", "CIDs in the relay's want table (wanted by at least one upstream peer).")
 	descQueued       = desc("kitsune_relay_wants_queued", "Wants waiting in Kitsune for a downstream node with room (shared by all nodes).")
 	descRelayPeers   = desc("kitsune_relay_peers", "Upstream peers the relay keeps a wantlist for.")
+	descReplyMemory  = desc("kitsune_relay_reply_memory_bytes", "Memory the blocks waiting to be sent to upstream peers keep alive, each block once (capped by --reply-memory).")
 	descWantsTotal   = desc("kitsune_relay_wants_total", "Want entries: in = received from upstream peers, out = forwarded to downstream nodes.", "direction")
 	descBlocksTotal  = desc("kitsune_relay_blocks_total", "Blocks: in = received from downstream nodes, out = sent to upstream peers.", "direction")
 	descBytesTotal   = desc("kitsune_relay_bytes_total", "Block bytes: in = received from downstream nodes, out = sent to upstream peers.", "direction")
@@ -64,7 +65,7 @@ var (
 
 var pulled = []*prometheus.Desc{
 	descUpstreamConns, descConnsLimit, descUpstreamPeers, descDeferred, descHeldWants,
-	descWants, descQueued, descRelayPeers, descWantsTotal, descBlocksTotal, descBytesTotal,
+	descWants, descQueued, descRelayPeers, descReplyMemory, descWantsTotal, descBlocksTotal, descBytesTotal,
 	descHavesTotal, descDontHaves, descFailovers, descTimeouts, descRewants, descNodeSendFail, descNodeStreamEr, descRepliesCut, descRepliesGone, descUnsolicited, descDroppedMsgs,
 	descDroppedWants, descMissFetches, descMissFetched, descRevWants, descRevBlocks, descRevBytes,
 	descNodes, descNodeState, descNodeUp, descInFlight, descLatency, descPing, descSent, descAnswers,
@@ -140,6 +141,7 @@ func (c pullCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descWants, float64(st.Wants))
 	gauge(descQueued, float64(st.Queued))
 	gauge(descRelayPeers, float64(st.Peers))
+	gauge(descReplyMemory, float64(st.ReplyMemory))
 	rc := src.Relay.Counters()
 	counter(descWantsTotal, rc.WantsReceived.Load(), "in")
 	counter(descWantsTotal, rc.WantsForwarded.Load(), "out")

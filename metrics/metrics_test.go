@@ -148,7 +148,7 @@ func TestPulledMetrics(t *testing.T) {
 	r.c.DontHavesOut.Add(2)
 	r.c.Failovers.Add(4)
 	r.c.ReverseBlocks.Add(5)
-	r.st = bitswap.Stats{Wants: 12, Peers: 3, Queued: 2}
+	r.st = bitswap.Stats{Wants: 12, Peers: 3, Queued: 2, ReplyMemory: 22 << 20}
 	p.set(
 		downstream.NodeStatus{URL: urlA, ID: "peer-a", Connected: true, State: downstream.StateHealthy, InFlight: 5,
 			Latency: 20 * time.Millisecond, Counters: downstream.NodeCounters{WantsSent: 40, Blocks: 30, Haves: 2, DontHaves: 1, Ejections: 1}},
@@ -181,6 +181,7 @@ func TestPulledMetrics(t *testing.T) {
 	must(t, reg, 5, "kitsune_relay_reverse_blocks_total")
 	must(t, reg, 12, "kitsune_relay_wants")
 	must(t, reg, 2, "kitsune_relay_wants_queued")
+	must(t, reg, 22<<20, "kitsune_relay_reply_memory_bytes")
 	must(t, reg, 3, "kitsune_relay_peers")
 
 	must(t, reg, 1, "kitsune_downstream_nodes", "state", "healthy")

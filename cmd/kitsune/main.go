@@ -64,6 +64,7 @@ type relayFlags struct {
 	MaxInflightPerNode int `env:"KITSUNE_MAX_INFLIGHT_PER_NODE" default:"960" help:"Wants outstanding on one downstream node (Kubo queues at most 1024 per peer); more wait in Kitsune."`
 	MaxMessageSize     int `env:"KITSUNE_MAX_MESSAGE_SIZE" default:"4194304" help:"Largest Bitswap message accepted from an upstream peer, in bytes."`
 	RecentBlockBytes   int `env:"KITSUNE_RECENT_BLOCK_BYTES" default:"33554432" help:"Memory for blocks kept after they were relayed (the buffers they keep alive), so the same wants from other peers moments later (a flash crowd on the same content) are answered without asking the fleet again; each goes 10s after its last use. 0 keeps none."`
+	ReplyMemory        int `env:"KITSUNE_REPLY_MEMORY" default:"1073741824" help:"Memory the blocks waiting to be sent to upstream peers may keep alive together, each block counted once however many peers it goes to. Each peer may hold 16 MiB; past this cap each gets an equal share of it, so peers that read nothing cannot exhaust the machine's memory (watch kitsune_relay_reply_memory_bytes)."`
 }
 
 func main() {

@@ -57,6 +57,7 @@ func (c *runCmd) config() (config, error) {
 			MaxInFlightPerNode: c.MaxInflightPerNode,
 			MaxMessageSize:     c.MaxMessageSize,
 			RecentBlockBytes:   c.RecentBlockBytes,
+			ReplyMemoryBytes:   c.ReplyMemory,
 		},
 	}
 	for _, d := range c.Downstream {
@@ -138,7 +139,7 @@ func (c *runCmd) config() (config, error) {
 	for _, v := range []struct {
 		name string
 		n    int
-	}{{"--max-wants-per-peer", c.MaxWantsPerPeer}, {"--max-inflight-per-node", c.MaxInflightPerNode}, {"--max-message-size", c.MaxMessageSize}} {
+	}{{"--max-wants-per-peer", c.MaxWantsPerPeer}, {"--max-inflight-per-node", c.MaxInflightPerNode}, {"--max-message-size", c.MaxMessageSize}, {"--reply-memory", c.ReplyMemory}} {
 		if v.n <= 0 {
 			return config{}, fmt.Errorf("%s must be positive, got %d", v.name, v.n)
 		}
