@@ -84,6 +84,20 @@ func (c *client) connect(ctx context.Context, ai peer.AddrInfo) error {
 // connectedClients makes n clients and connects client i to target(i),
 // 16 at a time. The clients made are returned even on an error: close
 // them with closeClients.
+// connectedClient is a new client connected to target; the caller closes
+// it.
+func connectedClient(ctx context.Context, target peer.AddrInfo) (*client, error) {
+	c, err := newClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.connect(ctx, target); err != nil {
+		c.close()
+		return nil, err
+	}
+	return c, nil
+}
+
 func connectedClients(ctx context.Context, n int, target func(i int) peer.AddrInfo) ([]*client, error) {
 	clients := make([]*client, n)
 	for i := range clients {

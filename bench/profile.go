@@ -365,14 +365,11 @@ func (e *env) profileCPU(ctx context.Context, nodes []*kubotest.Node, file strin
 }
 
 func fetchOnce(ctx context.Context, target peer.AddrInfo, root cid.Cid) (int64, error) {
-	c, err := newClient(ctx)
+	c, err := connectedClient(ctx, target)
 	if err != nil {
 		return 0, err
 	}
 	defer c.close()
-	if err := c.connect(ctx, target); err != nil {
-		return 0, err
-	}
 	_, size, err := c.fetchDAG(ctx, root)
 	return size, err
 }

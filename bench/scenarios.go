@@ -292,14 +292,11 @@ func (s *s1Sample) add(x s1Sample) {
 // meanwhile, and checks the bytes.
 func (e *env) timedFetch(ctx context.Context, p string, srv *server, target peer.AddrInfo, f s1File, nodePIDs []int) (s1Sample, error) {
 	var x s1Sample
-	c, err := newClient(ctx)
+	c, err := connectedClient(ctx, target)
 	if err != nil {
 		return x, err
 	}
 	defer c.close()
-	if err := c.connect(ctx, target); err != nil {
-		return x, err
-	}
 	settle()
 	before, ok := e.proxyUsage(p, srv)
 	others0, errOthers := sideUsage(nodePIDs)
@@ -344,14 +341,11 @@ func (e *env) timedFetch(ctx context.Context, p string, srv *server, target peer
 // timed one finds each proxy as it would be after its first file; the
 // cold figures stay in the report beside the timed ones.
 func (e *env) coldFetch(ctx context.Context, m map[string]float64, p string, srv *server, target peer.AddrInfo, root cid.Cid) error {
-	c, err := newClient(ctx)
+	c, err := connectedClient(ctx, target)
 	if err != nil {
 		return err
 	}
 	defer c.close()
-	if err := c.connect(ctx, target); err != nil {
-		return err
-	}
 	settle()
 	before, ok := e.proxyUsage(p, srv)
 	t0 := time.Now()
@@ -626,14 +620,11 @@ func appLatency(ctx context.Context, m map[string]float64, bs []rawBlock, target
 	if len(bs) == 0 {
 		return nil
 	}
-	c, err := newClient(ctx)
+	c, err := connectedClient(ctx, target)
 	if err != nil {
 		return err
 	}
 	defer c.close()
-	if err := c.connect(ctx, target); err != nil {
-		return err
-	}
 	lat, err := fetchEach(ctx, bs, func(ctx context.Context, b rawBlock) ([]byte, error) {
 		if before != nil {
 			if err := before(ctx, b); err != nil {

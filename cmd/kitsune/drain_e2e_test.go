@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
@@ -26,51 +27,31 @@ import (
 // flight finishes through the draining Kitsune with identical bytes, and
 // the process exits 0 well within --drain-timeout.
 func TestBinaryDrainsOnSIGTERM(t *testing.T) {
-	bin := buildBinary(t)
-	node := kubotest.Start(t, kubotest.Options{})
-	client := kubotest.Start(t, kubotest.Options{})
-	ctx := testCtx(t, 3*time.Minute)
-	file := randomBytes(t, 64<<20)
-	fileCID, err := node.AddBytes(ctx, file)
-	if err != nil {
+	d := newDrainCase(t, 64<<20)
+	if err := d.client.Connect(d.ctx, d.k.ai); err != nil {
 		t.Fatal(err)
 	}
-
-	const drainTimeout = 60 * time.Second
-	k := startDrainable(t, ctx, bin, node.APIURL, drainTimeout)
-	if err := client.Connect(ctx, k.ai); err != nil {
-		t.Fatal(err)
-	}
-	type result struct {
-		data []byte
-		err  error
-		at   time.Time
-	}
-	fetched := make(chan result, 1)
-	go func() {
-		data, err := client.Cat(ctx, fileCID.String())
-		fetched <- result{data, err, time.Now()}
-	}()
+	fetched := catAsync(d.ctx, d.client, d.root)
 	// Mid-fetch: the relay has wants in flight for the file's leaves.
 	// More than the two intermediate nodes: while only the root or those
 	// are wanted, one block's answer can empty the relay before the
 	// signal lands (the client's next wants not yet sent), and the drain
 	// then begins with nothing in flight.
 	eventually(t, 60*time.Second, "wants in flight for the leaves", func() bool {
-		st, ok := k.relayStatus()
+		st, ok := d.k.relayStatus()
 		return ok && st.Wants > 2
 	})
-	signalled := k.sigterm(t)
+	signalled := d.k.sigterm(t)
 
 	r := <-fetched
-	took := k.drainedAfter(t, r.data, r.err, r.at, file, signalled, drainTimeout)
+	took := d.drainedAfter(t, r, signalled)
 	// The drain served the fetch that straddled the signal and ended because
 	// it was done, not because the timeout passed. How many wants were in
 	// flight at the instant the drain began is not asserted: between two
 	// batches of a DAG walk a client briefly has none outstanding (which is
 	// why the drain waits for a quiet period), and on a fast machine the
 	// signal lands in such a gap in one run of ten (CI at 0a1b757).
-	t.Logf("fetch ended %v after SIGTERM; process exited %v after it (drain timeout %v)", r.at.Sub(signalled), took, drainTimeout)
+	t.Logf("fetch ended %v after SIGTERM; process exited %v after it (drain timeout %v)", r.at.Sub(signalled), took, drainTestTimeout)
 }
 
 // A client over a slow link has had every want answered while the last
@@ -79,21 +60,11 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 // before, so it ended a second later and the client, with nowhere else
 // to get those blocks, never finished its fetch.
 func TestBinaryDrainWaitsForRepliesToASlowClient(t *testing.T) {
-	bin := buildBinary(t)
-	node := kubotest.Start(t, kubotest.Options{})
-	client := kubotest.Start(t, kubotest.Options{})
-	ctx := testCtx(t, 3*time.Minute)
-	file := randomBytes(t, 16<<20)
-	fileCID, err := node.AddBytes(ctx, file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const drainTimeout = 60 * time.Second
-	k := startDrainable(t, ctx, bin, node.APIURL, drainTimeout)
+	d := newDrainCase(t, 16<<20)
 	// 2 MiB/s: the 16 MiB take about 8 s to reach the client, and all of
 	// them fit in its outbox (PeerBufferBytes, 16 MiB), so the fleet
 	// answers its wants long before that.
-	tcp, err := manet.ToNetAddr(k.ai.Addrs[0])
+	tcp, err := manet.ToNetAddr(d.k.ai.Addrs[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,32 +72,50 @@ func TestBinaryDrainWaitsForRepliesToASlowClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := client.Connect(ctx, peer.AddrInfo{ID: k.ai.ID, Addrs: []ma.Multiaddr{slow}}); err != nil {
+	if err := d.client.Connect(d.ctx, peer.AddrInfo{ID: d.k.ai.ID, Addrs: []ma.Multiaddr{slow}}); err != nil {
 		t.Fatal(err)
 	}
-	type result struct {
-		data []byte
-		err  error
-		at   time.Time
-	}
-	fetched := make(chan result, 1)
-	catCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	catCtx, cancel := context.WithTimeout(d.ctx, 90*time.Second)
 	defer cancel()
-	go func() {
-		data, err := client.Cat(catCtx, fileCID.String())
-		fetched <- result{data, err, time.Now()}
-	}()
+	fetched := catAsync(catCtx, d.client, d.root)
 	var onTheirWay relayStatus
 	eventually(t, 60*time.Second, "every want answered, replies still on their way", func() bool {
-		st, ok := k.relayStatus()
+		st, ok := d.k.relayStatus()
 		onTheirWay = st
 		return ok && st.Wants == 0 && st.ReplyBytes >= 2<<20
 	})
-	signalled := k.sigterm(t)
+	signalled := d.k.sigterm(t)
 	r := <-fetched
-	took := k.drainedAfter(t, r.data, r.err, r.at, file, signalled, drainTimeout)
+	took := d.drainedAfter(t, r, signalled)
 	t.Logf("SIGTERM with no want in flight and %d bytes of replies on their way; fetch ended %v after it, process exited %v later",
 		onTheirWay.ReplyBytes, r.at.Sub(signalled), took)
+}
+
+// drainTestTimeout is the drain tests' --drain-timeout: far above what
+// their fetches need, so a drain that ends by it failed.
+const drainTestTimeout = 60 * time.Second
+
+// drainCase is a Kitsune process started to be drained, the Kubo node
+// behind it holding a random file, and a Kubo client not yet connected.
+type drainCase struct {
+	ctx    context.Context
+	k      *drainable
+	client *kubotest.Node
+	file   []byte
+	root   cid.Cid
+}
+
+func newDrainCase(t *testing.T, size int) *drainCase {
+	t.Helper()
+	bin := buildBinary(t)
+	node := kubotest.Start(t, kubotest.Options{})
+	d := &drainCase{ctx: testCtx(t, 3*time.Minute), client: kubotest.Start(t, kubotest.Options{}), file: randomBytes(t, size)}
+	var err error
+	if d.root, err = node.AddBytes(d.ctx, d.file); err != nil {
+		t.Fatal(err)
+	}
+	d.k = startDrainable(t, d.ctx, bin, node.APIURL, drainTestTimeout)
+	return d
 }
 
 // drainable is a Kitsune process started to be drained.
@@ -230,24 +219,25 @@ func (k *drainable) sigterm(t *testing.T) time.Time {
 
 // drainedAfter checks what a drain promises for a fetch that straddled
 // SIGTERM: it ended after the signal with the bytes added, the process
-// exited 0 after it and before drainTimeout, and the drain ended because
+// exited 0 after it and before drainTestTimeout, and the drain ended because
 // nothing was left in flight, not because the timeout passed. It returns
 // how long after the fetch the process exited.
-func (k *drainable) drainedAfter(t *testing.T, data []byte, fetchErr error, fetchedAt time.Time, file []byte, signalled time.Time, drainTimeout time.Duration) time.Duration {
+func (d *drainCase) drainedAfter(t *testing.T, r catResult, signalled time.Time) time.Duration {
 	t.Helper()
+	k, data, fetchErr, fetchedAt := d.k, r.data, r.err, r.at
 	if fetchErr != nil {
 		t.Fatalf("fetch during the drain: %v; stderr:\n%s", fetchErr, k.stderr.String())
 	}
-	if !bytes.Equal(data, file) {
-		t.Fatalf("fetched %d bytes, not the %d added", len(data), len(file))
+	if !bytes.Equal(data, d.file) {
+		t.Fatalf("fetched %d bytes, not the %d added", len(data), len(d.file))
 	}
 	select {
 	case <-k.exited:
 		if k.exitErr != nil {
 			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", k.exitErr, k.stderr.String())
 		}
-	case <-time.After(drainTimeout):
-		t.Fatalf("still running %v after SIGTERM; stderr:\n%s", drainTimeout, k.stderr.String())
+	case <-time.After(drainTestTimeout):
+		t.Fatalf("still running %v after SIGTERM; stderr:\n%s", drainTestTimeout, k.stderr.String())
 	}
 	stderr := k.stderr.String()
 	if regexp.MustCompile(`draining: [^\n]*"in_flight": (\d+)`).FindStringSubmatch(stderr) == nil {
