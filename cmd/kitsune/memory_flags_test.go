@@ -39,3 +39,35 @@ func TestRecentBlockBytesFlag(t *testing.T) {
 		}
 	}
 }
+
+// --reply-memory reaches the relay, its default the relay's; 0 or a
+// negative is refused (every reply is bounded).
+func TestReplyMemoryFlag(t *testing.T) {
+	for _, tc := range []struct {
+		set int
+		err bool
+	}{
+		{set: bitswap.DefaultReplyMemoryBytes},
+		{set: 64 << 20},
+		{set: 0, err: true},
+		{set: -1, err: true},
+	} {
+		c := defaultRunCmd(t)
+		if c.ReplyMemory != bitswap.DefaultReplyMemoryBytes {
+			t.Fatalf("flag default %d, relay default %d", c.ReplyMemory, bitswap.DefaultReplyMemoryBytes)
+		}
+		c.Downstream = []string{"/ip4/127.0.0.1/tcp/5001"}
+		c.ReplyMemory = tc.set
+		cfg, err := c.config()
+		switch {
+		case tc.err:
+			if err == nil || !strings.Contains(err.Error(), "--reply-memory") {
+				t.Errorf("%d: error %v, want one naming --reply-memory", tc.set, err)
+			}
+		case err != nil:
+			t.Errorf("%d: %v", tc.set, err)
+		case cfg.Relay.ReplyMemoryBytes != tc.set:
+			t.Errorf("%d: relay gets %d", tc.set, cfg.Relay.ReplyMemoryBytes)
+		}
+	}
+}
