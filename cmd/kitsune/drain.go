@@ -11,14 +11,18 @@ import (
 // connections, and the wants and replies already in flight are served
 // before closing.
 type drainFlags struct {
-	DrainTimeout time.Duration `name:"drain-timeout" group:"admin" env:"KITSUNE_DRAIN_TIMEOUT" default:"30s" help:"On SIGTERM or SIGINT, how long to keep serving the wants and replies in flight (while /readyz already reports not ready) before closing; Kitsune closes earlier once nothing has been in flight for a second. 0 closes at once. Keep it below the supervisor's stop timeout (systemd TimeoutStopSec, Kubernetes terminationGracePeriodSeconds)."`
+	DrainTimeout time.Duration `name:"drain-timeout" group:"admin" env:"KITSUNE_DRAIN_TIMEOUT" default:"30s" help:"On SIGTERM or SIGINT, how long to keep serving the wants and replies in flight (while /readyz already reports not ready) before closing; Kitsune closes earlier once nothing has been in flight for --drain-quiet. 0 closes at once. Keep it below the supervisor's stop timeout (systemd TimeoutStopSec, Kubernetes terminationGracePeriodSeconds)."`
+	DrainQuiet   time.Duration `name:"drain-quiet" group:"admin" env:"KITSUNE_DRAIN_QUIET" default:"1s" help:"How long nothing may be in flight before a drain ends early. A client that reads what it fetched slower than it arrives (a media player, ipfs cat piped to a slow consumer) asks for nothing while it catches up, and is cut off if the drain ends then: raise this to cover its pauses (at most --drain-timeout)."`
 }
 
 func (f *drainFlags) config() (drainPolicy, error) {
 	if f.DrainTimeout < 0 {
 		return drainPolicy{}, fmt.Errorf("--drain-timeout must not be negative, got %v", f.DrainTimeout)
 	}
-	return drainPolicy{Timeout: f.DrainTimeout, Quiet: time.Second}, nil
+	if f.DrainQuiet <= 0 {
+		return drainPolicy{}, fmt.Errorf("--drain-quiet must be positive, got %v", f.DrainQuiet)
+	}
+	return drainPolicy{Timeout: f.DrainTimeout, Quiet: f.DrainQuiet}, nil
 }
 
 // drainPolicy says how long a stopping Kitsune keeps serving.

@@ -90,11 +90,26 @@ func TestDrainLoop(t *testing.T) {
 }
 
 func TestDrainFlag(t *testing.T) {
-	if _, err := (&drainFlags{DrainTimeout: -time.Second}).config(); err == nil {
-		t.Fatal("a negative --drain-timeout was accepted")
+	for _, f := range []drainFlags{
+		{DrainTimeout: -time.Second, DrainQuiet: time.Second},
+		{DrainTimeout: time.Second, DrainQuiet: 0},
+		{DrainTimeout: time.Second, DrainQuiet: -time.Second},
+	} {
+		if p, err := f.config(); err == nil {
+			t.Errorf("%+v accepted: %+v", f, p)
+		}
 	}
-	p, err := (&drainFlags{DrainTimeout: 0}).config()
+	p, err := (&drainFlags{DrainTimeout: 0, DrainQuiet: time.Second}).config()
 	if err != nil || p.Timeout != 0 {
 		t.Fatalf("0: %+v %v", p, err)
+	}
+	// The defaults: what the drain did before the flag.
+	c := defaultRunCmd(t)
+	if p, err := c.drainFlags.config(); err != nil || p.Timeout != 30*time.Second || p.Quiet != time.Second {
+		t.Fatalf("defaults: %+v %v", p, err)
+	}
+	p, err = (&drainFlags{DrainTimeout: 30 * time.Second, DrainQuiet: 5 * time.Second}).config()
+	if err != nil || p.Quiet != 5*time.Second || p.Timeout != 30*time.Second {
+		t.Fatalf("--drain-quiet 5s: %+v %v", p, err)
 	}
 }
