@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -91,6 +92,41 @@ func TestBinaryDrainWaitsForRepliesToASlowClient(t *testing.T) {
 		onTheirWay.ReplyBytes, r.at.Sub(signalled), took)
 }
 
+// A client reading its file slower than it arrives (here: a 3 s pause
+// after the signal) asks for nothing while it catches up. With the
+// default --drain-quiet of 1 s the drain ends in that pause and the
+// client, whose next wants have nowhere to go, never finishes; with
+// --drain-quiet above the pause the drain waits for its next wants and
+// serves them.
+func TestBinaryDrainQuietCoversAPausedReader(t *testing.T) {
+	const pause = 3 * time.Second
+	d := newDrainCase(t, 64<<20, "--drain-quiet", "6s")
+	if err := d.client.Connect(d.ctx, d.k.ai); err != nil {
+		t.Fatal(err)
+	}
+	catCtx, cancel := context.WithTimeout(d.ctx, 90*time.Second)
+	defer cancel()
+	resp, err := d.client.API.Request("cat", d.root.String()).Send(catCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	defer resp.Close()
+	// Read the first 8 MiB, signal, pause, read the rest.
+	head := make([]byte, 8<<20)
+	if _, err := io.ReadFull(resp.Output, head); err != nil {
+		t.Fatal(err)
+	}
+	signalled := d.k.sigterm(t)
+	time.Sleep(pause) // the slow reader under test, not a synchronisation
+	rest, err := io.ReadAll(resp.Output)
+	r := catResult{append(head, rest...), err, time.Now()}
+	took := d.drainedAfter(t, r, signalled)
+	t.Logf("a reader paused %v after SIGTERM; its fetch ended %v after the signal, the process exited %v later", pause, r.at.Sub(signalled), took)
+}
+
 // drainTestTimeout is the drain tests' --drain-timeout: far above what
 // their fetches need, so a drain that ends by it failed.
 const drainTestTimeout = 60 * time.Second
@@ -105,7 +141,7 @@ type drainCase struct {
 	root   cid.Cid
 }
 
-func newDrainCase(t *testing.T, size int) *drainCase {
+func newDrainCase(t *testing.T, size int, flags ...string) *drainCase {
 	t.Helper()
 	bin := buildBinary(t)
 	node := kubotest.Start(t, kubotest.Options{})
@@ -114,7 +150,7 @@ func newDrainCase(t *testing.T, size int) *drainCase {
 	if d.root, err = node.AddBytes(d.ctx, d.file); err != nil {
 		t.Fatal(err)
 	}
-	d.k = startDrainable(t, d.ctx, bin, node.APIURL, drainTestTimeout)
+	d.k = startDrainable(t, d.ctx, bin, node.APIURL, drainTestTimeout, flags...)
 	return d
 }
 
@@ -132,12 +168,13 @@ type drainable struct {
 // startDrainable starts bin in front of the node at api with an admin
 // server and the given drain timeout, and waits until it has joined the
 // node. The process is killed at the test's end.
-func startDrainable(t *testing.T, ctx context.Context, bin, api string, drainTimeout time.Duration) *drainable {
+func startDrainable(t *testing.T, ctx context.Context, bin, api string, drainTimeout time.Duration, flags ...string) *drainable {
 	t.Helper()
 	k := &drainable{stderr: &syncBuffer{}, exited: make(chan struct{})}
-	k.cmd = exec.CommandContext(ctx, bin, "-d", api, "-k", filepath.Join(t.TempDir(), "kitsune.key"),
+	args := append([]string{"-d", api, "-k", filepath.Join(t.TempDir(), "kitsune.key"),
 		"-l", "/ip4/127.0.0.1/tcp/0", "-w", "/ip4/127.0.0.1/tcp/0", "--admin", "127.0.0.1:0",
-		"--drain-timeout", drainTimeout.String())
+		"--drain-timeout", drainTimeout.String()}, flags...)
+	k.cmd = exec.CommandContext(ctx, bin, args...)
 	stdout, err := k.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
