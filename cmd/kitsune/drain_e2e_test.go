@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os/exec"
@@ -28,11 +29,11 @@ import (
 // flight finishes through the draining Kitsune with identical bytes, and
 // the process exits 0 well within --drain-timeout.
 func TestBinaryDrainsOnSIGTERM(t *testing.T) {
-	d := newDrainCase(t, 64<<20)
-	if err := d.client.Connect(d.ctx, d.k.ai); err != nil {
+	ctx, d := newDrainCase(t, 64<<20)
+	if err := d.client.Connect(ctx, d.k.ai); err != nil {
 		t.Fatal(err)
 	}
-	fetched := catAsync(d.ctx, d.client, d.root)
+	fetched := catAsync(ctx, d.client, d.root)
 	// Mid-fetch: the relay has wants in flight for the file's leaves.
 	// More than the two intermediate nodes: while only the root or those
 	// are wanted, one block's answer can empty the relay before the
@@ -61,7 +62,7 @@ func TestBinaryDrainsOnSIGTERM(t *testing.T) {
 // before, so it ended a second later and the client, with nowhere else
 // to get those blocks, never finished its fetch.
 func TestBinaryDrainWaitsForRepliesToASlowClient(t *testing.T) {
-	d := newDrainCase(t, 16<<20)
+	ctx, d := newDrainCase(t, 16<<20)
 	// 2 MiB/s: the 16 MiB take about 8 s to reach the client, and all of
 	// them fit in its outbox (PeerBufferBytes, 16 MiB), so the fleet
 	// answers its wants long before that.
@@ -73,10 +74,10 @@ func TestBinaryDrainWaitsForRepliesToASlowClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := d.client.Connect(d.ctx, peer.AddrInfo{ID: d.k.ai.ID, Addrs: []ma.Multiaddr{slow}}); err != nil {
+	if err := d.client.Connect(ctx, peer.AddrInfo{ID: d.k.ai.ID, Addrs: []ma.Multiaddr{slow}}); err != nil {
 		t.Fatal(err)
 	}
-	catCtx, cancel := context.WithTimeout(d.ctx, 90*time.Second)
+	catCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	fetched := catAsync(catCtx, d.client, d.root)
 	var onTheirWay relayStatus
@@ -92,19 +93,20 @@ func TestBinaryDrainWaitsForRepliesToASlowClient(t *testing.T) {
 		onTheirWay.ReplyBytes, r.at.Sub(signalled), took)
 }
 
-// A client reading its file slower than it arrives (here: a 3 s pause
-// after the signal) asks for nothing while it catches up. With the
+// A client reading its file slower than it arrives (here: a reader that
+// pauses after the signal until Kitsune has been idle 2 s) asks for
+// nothing while it catches up. With the
 // default --drain-quiet of 1 s the drain ends in that pause and the
 // client, whose next wants have nowhere to go, never finishes; with
 // --drain-quiet above the pause the drain waits for its next wants and
 // serves them.
 func TestBinaryDrainQuietCoversAPausedReader(t *testing.T) {
-	const pause = 3 * time.Second
-	d := newDrainCase(t, 64<<20, "--drain-quiet", "6s")
-	if err := d.client.Connect(d.ctx, d.k.ai); err != nil {
+	const idleFor = 2 * time.Second
+	ctx, d := newDrainCase(t, 64<<20, "--drain-quiet", "6s")
+	if err := d.client.Connect(ctx, d.k.ai); err != nil {
 		t.Fatal(err)
 	}
-	catCtx, cancel := context.WithTimeout(d.ctx, 90*time.Second)
+	catCtx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	resp, err := d.client.API.Request("cat", d.root.String()).Send(catCtx)
 	if err != nil {
@@ -120,11 +122,32 @@ func TestBinaryDrainQuietCoversAPausedReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	signalled := d.k.sigterm(t)
-	time.Sleep(pause) // the slow reader under test, not a synchronisation
+	// The reader stays paused until Kitsune has had nothing in flight for
+	// idleFor, longer than the default --drain-quiet: the client, its
+	// buffers full, asks for nothing meanwhile.
+	var idleSince time.Time
+	eventually(t, 30*time.Second, fmt.Sprintf("nothing in flight for %v while the reader pauses", idleFor), func() bool {
+		select {
+		case <-d.k.exited:
+			return true // the drain ended in the pause: the fetch shows it
+		default:
+		}
+		st, ok := d.k.relayStatus()
+		if !ok || st.Wants > 0 || st.ReplyBytes > 0 || st.ReplyStreams > 0 {
+			idleSince = time.Time{}
+			return false
+		}
+		if idleSince.IsZero() {
+			idleSince = time.Now()
+		}
+		return time.Since(idleSince) >= idleFor
+	})
+	paused := time.Since(signalled)
 	rest, err := io.ReadAll(resp.Output)
 	r := catResult{append(head, rest...), err, time.Now()}
 	took := d.drainedAfter(t, r, signalled)
-	t.Logf("a reader paused %v after SIGTERM; its fetch ended %v after the signal, the process exited %v later", pause, r.at.Sub(signalled), took)
+	t.Logf("a reader paused %v after SIGTERM (%v of it with nothing in flight); its fetch ended %v after the signal, the process exited %v later",
+		paused.Round(time.Millisecond), idleFor, r.at.Sub(signalled), took)
 }
 
 // drainTestTimeout is the drain tests' --drain-timeout: far above what
@@ -134,24 +157,24 @@ const drainTestTimeout = 60 * time.Second
 // drainCase is a Kitsune process started to be drained, the Kubo node
 // behind it holding a random file, and a Kubo client not yet connected.
 type drainCase struct {
-	ctx    context.Context
 	k      *drainable
 	client *kubotest.Node
 	file   []byte
 	root   cid.Cid
 }
 
-func newDrainCase(t *testing.T, size int, flags ...string) *drainCase {
+func newDrainCase(t *testing.T, size int, flags ...string) (context.Context, *drainCase) {
 	t.Helper()
 	bin := buildBinary(t)
 	node := kubotest.Start(t, kubotest.Options{})
-	d := &drainCase{ctx: testCtx(t, 3*time.Minute), client: kubotest.Start(t, kubotest.Options{}), file: randomBytes(t, size)}
+	ctx := testCtx(t, 3*time.Minute)
+	d := &drainCase{client: kubotest.Start(t, kubotest.Options{}), file: randomBytes(t, size)}
 	var err error
-	if d.root, err = node.AddBytes(d.ctx, d.file); err != nil {
+	if d.root, err = node.AddBytes(ctx, d.file); err != nil {
 		t.Fatal(err)
 	}
-	d.k = startDrainable(t, d.ctx, bin, node.APIURL, drainTestTimeout, flags...)
-	return d
+	d.k = startDrainable(t, ctx, bin, node.APIURL, drainTestTimeout, flags...)
+	return ctx, d
 }
 
 // drainable is a Kitsune process started to be drained.
@@ -219,8 +242,9 @@ func startDrainable(t *testing.T, ctx context.Context, bin, api string, drainTim
 // relayStatus is the part of /api/status's relay section the drain
 // tests read.
 type relayStatus struct {
-	Wants      int `json:"wants"`
-	ReplyBytes int `json:"reply_bytes"`
+	Wants        int `json:"wants"`
+	ReplyBytes   int `json:"reply_bytes"`
+	ReplyStreams int `json:"reply_streams"`
 }
 
 func (k *drainable) relayStatus() (relayStatus, bool) {

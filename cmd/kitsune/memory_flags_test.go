@@ -20,13 +20,7 @@ func TestRecentBlockBytesFlag(t *testing.T) {
 		{set: 0, want: -1},
 		{set: -5, err: "--recent-block-bytes"},
 	} {
-		c := defaultRunCmd(t)
-		if c.RecentBlockBytes != bitswap.DefaultRecentBlockBytes {
-			t.Fatalf("flag default %d, relay default %d", c.RecentBlockBytes, bitswap.DefaultRecentBlockBytes)
-		}
-		c.Downstream = []string{"/ip4/127.0.0.1/tcp/5001"}
-		c.RecentBlockBytes = tc.set
-		cfg, err := c.config()
+		cfg, err := configWithRelayFlag(t, func(c *runCmd) *int { return &c.RecentBlockBytes }, bitswap.DefaultRecentBlockBytes, tc.set)
 		switch {
 		case tc.err != "":
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
@@ -52,13 +46,7 @@ func TestReplyMemoryFlag(t *testing.T) {
 		{set: 0, err: true},
 		{set: -1, err: true},
 	} {
-		c := defaultRunCmd(t)
-		if c.ReplyMemory != bitswap.DefaultReplyMemoryBytes {
-			t.Fatalf("flag default %d, relay default %d", c.ReplyMemory, bitswap.DefaultReplyMemoryBytes)
-		}
-		c.Downstream = []string{"/ip4/127.0.0.1/tcp/5001"}
-		c.ReplyMemory = tc.set
-		cfg, err := c.config()
+		cfg, err := configWithRelayFlag(t, func(c *runCmd) *int { return &c.ReplyMemory }, bitswap.DefaultReplyMemoryBytes, tc.set)
 		switch {
 		case tc.err:
 			if err == nil || !strings.Contains(err.Error(), "--reply-memory") {
@@ -70,4 +58,17 @@ func TestReplyMemoryFlag(t *testing.T) {
 			t.Errorf("%d: relay gets %d", tc.set, cfg.Relay.ReplyMemoryBytes)
 		}
 	}
+}
+
+// configWithRelayFlag checks that one of the relay's memory flags defaults
+// to the relay's own default, sets it and builds the configuration.
+func configWithRelayFlag(t *testing.T, flag func(*runCmd) *int, relayDefault, set int) (config, error) {
+	t.Helper()
+	c := defaultRunCmd(t)
+	if got := *flag(c); got != relayDefault {
+		t.Fatalf("flag default %d, relay default %d", got, relayDefault)
+	}
+	c.Downstream = []string{"/ip4/127.0.0.1/tcp/5001"}
+	*flag(c) = set
+	return c.config()
 }
