@@ -3,6 +3,7 @@ package bench
 import (
 	"os"
 	"os/exec"
+	"runtime"
 	"testing"
 	"time"
 
@@ -30,9 +31,14 @@ func TestProcessCPUResolvesMilliseconds(t *testing.T) {
 	}
 }
 
-// spin burns d of this thread's CPU time.
+// spin burns d of one OS thread's CPU time. The goroutine is locked to
+// its thread: the scheduler may otherwise move it mid-spin to a thread
+// whose clock is further on, and the spin ends early (CI saw one end
+// after 1.5 ms of wall time).
 func spin(t *testing.T, d time.Duration) {
 	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
 		t.Fatal(err)
