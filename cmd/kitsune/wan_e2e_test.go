@@ -83,12 +83,18 @@ func (o *wan) add(t *testing.T, data []byte, on ...*kubotest.Node) cid.Cid {
 	return root
 }
 
+// kuboClient starts a Kubo client across the WAN, connected to Kitsune
+// and greeted: Kitsune is off the client's LAN, so the client's first
+// broadcast reaches Kitsune only once it has handled Kitsune's greeting
+// (see waitGreeted; a `cat` sent at once lost that race in CI and hung).
 func (o *wan) kuboClient(t *testing.T) *kubotest.Node {
 	t.Helper()
 	c := kubotest.Start(t, kubotest.Options{In: o.cli})
-	if err := c.Connect(testCtx(t, time.Minute), o.k.info(t, o.tcpAddr)); err != nil {
+	ctx := testCtx(t, time.Minute)
+	if err := c.Connect(ctx, o.k.info(t, o.tcpAddr)); err != nil {
 		t.Fatal(err)
 	}
+	waitGreeted(t, ctx, c)
 	return c
 }
 
