@@ -81,9 +81,6 @@ func (c *client) connect(ctx context.Context, ai peer.AddrInfo) error {
 	return nil
 }
 
-// connectedClients makes n clients and connects client i to target(i),
-// 16 at a time. The clients made are returned even on an error: close
-// them with closeClients.
 // connectedClient is a new client connected to target; the caller closes
 // it.
 func connectedClient(ctx context.Context, target peer.AddrInfo) (*client, error) {
@@ -98,6 +95,9 @@ func connectedClient(ctx context.Context, target peer.AddrInfo) (*client, error)
 	return c, nil
 }
 
+// connectedClients makes n clients and connects client i to target(i),
+// 16 at a time. The clients made are returned even on an error: close
+// them with closeClients.
 func connectedClients(ctx context.Context, n int, target func(i int) peer.AddrInfo) ([]*client, error) {
 	clients := make([]*client, n)
 	for i := range clients {

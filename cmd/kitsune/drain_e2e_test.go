@@ -173,7 +173,7 @@ func newDrainCase(t *testing.T, size int, flags ...string) (context.Context, *dr
 	if d.root, err = node.AddBytes(ctx, d.file); err != nil {
 		t.Fatal(err)
 	}
-	d.k = startDrainable(t, ctx, bin, node.APIURL, drainTestTimeout, flags...)
+	d.k = startDrainable(t, ctx, bin, node.APIURL, flags...)
 	return ctx, d
 }
 
@@ -189,14 +189,14 @@ type drainable struct {
 }
 
 // startDrainable starts bin in front of the node at api with an admin
-// server and the given drain timeout, and waits until it has joined the
-// node. The process is killed at the test's end.
-func startDrainable(t *testing.T, ctx context.Context, bin, api string, drainTimeout time.Duration, flags ...string) *drainable {
+// server, --drain-timeout drainTestTimeout and the given flags, and waits
+// until it has joined the node. The process is killed at the test's end.
+func startDrainable(t *testing.T, ctx context.Context, bin, api string, flags ...string) *drainable {
 	t.Helper()
 	k := &drainable{stderr: &syncBuffer{}, exited: make(chan struct{})}
 	args := append([]string{"-d", api, "-k", filepath.Join(t.TempDir(), "kitsune.key"),
 		"-l", "/ip4/127.0.0.1/tcp/0", "-w", "/ip4/127.0.0.1/tcp/0", "--admin", "127.0.0.1:0",
-		"--drain-timeout", drainTimeout.String()}, flags...)
+		"--drain-timeout", drainTestTimeout.String()}, flags...)
 	k.cmd = exec.CommandContext(ctx, bin, args...)
 	stdout, err := k.cmd.StdoutPipe()
 	if err != nil {
@@ -285,12 +285,12 @@ func (k *drainable) sigterm(t *testing.T) time.Time {
 // how long after the fetch the process exited.
 func (d *drainCase) drainedAfter(t *testing.T, r catResult, signalled time.Time) time.Duration {
 	t.Helper()
-	k, data, fetchErr, fetchedAt := d.k, r.data, r.err, r.at
-	if fetchErr != nil {
-		t.Fatalf("fetch during the drain: %v; stderr:\n%s", fetchErr, k.stderr.String())
+	k := d.k
+	if r.err != nil {
+		t.Fatalf("fetch during the drain: %v; stderr:\n%s", r.err, k.stderr.String())
 	}
-	if !bytes.Equal(data, d.file) {
-		t.Fatalf("fetched %d bytes, not the %d added", len(data), len(d.file))
+	if !bytes.Equal(r.data, d.file) {
+		t.Fatalf("fetched %d bytes, not the %d added", len(r.data), len(d.file))
 	}
 	select {
 	case <-k.exited:
@@ -304,14 +304,14 @@ func (d *drainCase) drainedAfter(t *testing.T, r catResult, signalled time.Time)
 	if regexp.MustCompile(`draining: [^\n]*"in_flight": (\d+)`).FindStringSubmatch(stderr) == nil {
 		t.Fatalf("no draining log line; stderr:\n%s", stderr)
 	}
-	if !k.exitedAt.After(fetchedAt) {
-		t.Fatalf("the process exited %v before the fetch ended; stderr:\n%s", fetchedAt.Sub(k.exitedAt), stderr)
+	if !k.exitedAt.After(r.at) {
+		t.Fatalf("the process exited %v before the fetch ended; stderr:\n%s", r.at.Sub(k.exitedAt), stderr)
 	}
 	if !strings.Contains(stderr, `"outcome": "idle"`) {
 		t.Fatalf("the drain did not end idle; stderr:\n%s", stderr)
 	}
-	if !fetchedAt.After(signalled) {
+	if !r.at.After(signalled) {
 		t.Fatal("the fetch ended before SIGTERM: nothing was drained")
 	}
-	return k.exitedAt.Sub(fetchedAt)
+	return k.exitedAt.Sub(r.at)
 }
