@@ -162,10 +162,16 @@ func (s *guardedMplexStream) Close() error {
 // never gives it back. Four such streams and the connection's reader waits
 // a minute for a buffer, then the connection dies: any peer whose stream
 // Kitsune resets mid-message (the Bitswap stream guard does) would lose
-// its connection. The reads here have a deadline in the past, so they
-// return at once when nothing is queued; the cap bounds the work a peer
-// still sending can cause. A chunk that arrives between this and the
-// reset can still be lost; that takes a peer sending at that instant.
+// its connection. The first reads have a deadline in the past, so they
+// return at once when nothing is queued, and a stream the peer sent
+// nothing more on closes without waiting. Once a read found data, the peer
+// is mid-message and its next chunk may still be in go-mplex's reader,
+// which waits for the buffer that read freed: each further read waits up
+// to drainSettle for it. Without that wait, on a loaded machine (CI, under
+// -race) the chunk arrived just after the drain gave up, was queued for
+// the stream as it was reset, and its buffer was lost: four such and the
+// connection stopped reading (TestMplexResetStreamsFreeTheirBuffers). The
+// cap bounds the work a peer still sending can cause.
 func (s *guardedMplexStream) drain() {
 	const maxReads, enoughIdle = 64, 16
 	// The deadline first: it ends a read waiting for data, whose
@@ -176,16 +182,21 @@ func (s *guardedMplexStream) drain() {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	var scratch [mp.BufferSize]byte
-	idle := 0
+	idle, sending := 0, false
 	for range maxReads {
 		n, err := s.MuxedStream.Read(scratch[:])
 		switch {
 		case n > 0:
-			idle = 0
+			idle, sending = 0, true
+			if s.MuxedStream.SetReadDeadline(time.Now().Add(drainSettle)) != nil {
+				return
+			}
 		case isTemporary(err):
-			// The deadline: nothing queued now, or Go's select picked
-			// the deadline over queued data. Try a few times.
-			if idle++; idle >= enoughIdle {
+			// The deadline. Waiting for a sending peer's next chunk:
+			// none came. Otherwise nothing is queued now, or Go's
+			// select picked the past deadline over queued data: try a
+			// few times.
+			if idle++; sending || idle >= enoughIdle {
 				return
 			}
 		case err != nil:
@@ -193,6 +204,11 @@ func (s *guardedMplexStream) drain() {
 		}
 	}
 }
+
+// drainSettle is how long drain waits for the next chunk of a peer that
+// is mid-message: go-mplex's reader hands on a 4 KiB chunk in
+// microseconds when the machine is idle.
+const drainSettle = 20 * time.Millisecond
 
 func isTemporary(err error) bool {
 	var t interface{ Temporary() bool }
